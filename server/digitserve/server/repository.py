@@ -175,9 +175,7 @@ def sha256_file(path: Path) -> str:
 
 
 def _content_files(version_dir: Path) -> list[Path]:
-    return sorted(
-        p for p in version_dir.rglob("*") if p.is_file() and p.name != MANIFEST_FILE
-    )
+    return sorted(p for p in version_dir.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
@@ -271,9 +269,7 @@ def fingerprint(version_dir: Path) -> tuple[tuple[str, int, int], ...]:
 def list_models(repo: Path) -> list[str]:
     if not repo.is_dir():
         return []
-    return sorted(
-        p.name for p in repo.iterdir() if p.is_dir() and _MODEL_NAME.match(p.name)
-    )
+    return sorted(p.name for p in repo.iterdir() if p.is_dir() and _MODEL_NAME.match(p.name))
 
 
 def list_versions(repo: Path, model: str) -> list[int]:

@@ -1,0 +1,28 @@
+"""``digitserve-server``: serve the models of a repository over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from . import logs
+from .app import serve
+from .settings import parse_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = parse_settings(sys.argv[1:] if argv is None else argv)
+    except (ValidationError, SettingsError, ValueError) as exc:
+        print(f"digitserve-server: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

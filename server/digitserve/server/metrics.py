@@ -1,0 +1,591 @@
+"""Prometheus metrics: requests, batching, versions, model quality, build and process.
+
+Every server has its own registry (tests run several servers in one process).
+Names use the ``digitserve_`` prefix and base units; label values are bounded
+(RPC names, status code names, model names, version numbers, digits, fixed
+reasons) — never request ids or messages.
+
+``Metrics`` implements the observer protocols of the batcher, the version
+manager and the service, and provides the gRPC interceptor that counts and times
+RPCs and tags each one with a request id. With ``metrics_enabled`` off every
+hook is a no-op and no interceptor runs, so the cost of metrics can be measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib.metadata
+import logging
+import platform
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from . import logs
+
+if TYPE_CHECKING:
+    from .batching import BatchObserver
+    from .settings import ServerSettings
+    from .versions import ModelManager, State
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
+REQUEST_ID_HEADER = "x-request-id"
+MAX_REQUEST_ID = 128
+SERVICE_PREFIX = "/digitserve.v1.DigitClassifier/"
+
+
+@dataclass
+class RequestInfo:
+    """Filled in by the handler so the interceptor can label the request."""
+
+    model: str = ""
+    version: str = ""
+
+
+current_request: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar(
+    "current_request", default=None
+)
+
+
+def note_model(model: str) -> None:
+    """Record which model the current request asked for (for its metrics labels)."""
+    info = current_request.get()
+    if info is not None:
+        info.model = model
+
+
+def note_version(model: str, version: int) -> None:
+    """Record which version answers the current request (for its metrics labels)."""
+    info = current_request.get()
+    if info is not None:
+        info.model, info.version = model, str(version)
+
+
+class BulkHistogram(Collector):
+    """A labelled histogram fed many observations at once through numpy."""
+
+    def __init__(
+        self, name: str, doc: str, labelnames: Sequence[str], buckets: Sequence[float]
+    ) -> None:
+        self._name, self._doc = name, doc
+        self._labelnames = tuple(labelnames)
+        self._bounds = np.asarray(buckets, dtype=np.float64)
+        self._series: dict[tuple[str, ...], list[Any]] = {}
+        self._lock = threading.Lock()
+
+    def observe_many(self, labels: tuple[str, ...], values: np.ndarray) -> None:
+        if values.size == 0:
+            return
+        counts = np.bincount(
+            np.searchsorted(self._bounds, values, side="left"),
+            minlength=len(self._bounds) + 1,
+        )
+        with self._lock:
+            series = self._series.get(labels)
+            if series is None:
+                series = self._series[labels] = [np.zeros(len(counts), np.int64), 0.0]
+            series[0] += counts
+            series[1] += float(values.sum())
+
+    def remove(self, labels: tuple[str, ...]) -> None:
+        with self._lock:
+            self._series.pop(labels, None)
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
+        with self._lock:
+            items = [(k, v[0].copy(), v[1]) for k, v in self._series.items()]
+        for labels, counts, total in items:
+            cumulative = np.cumsum(counts)
+            buckets = [
+                (repr(float(b)), int(c)) for b, c in zip(self._bounds, cumulative[:-1], strict=True)
+            ]
+            buckets.append(("+Inf", int(cumulative[-1])))
+            family.add_metric(list(labels), buckets, total)
+        yield family
+
+    def describe(self) -> Iterable[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
+
+
+class _VersionCollector(Collector):
+    """``digitserve_model_version_info``, read from the manager at scrape time."""
+
+    def __init__(self) -> None:
+        self.manager: ModelManager | None = None
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "digitserve_model_version_info",
+            "One series per known model version (value 1) with its state and labels.",
+            labels=["model", "version", "state", "labels"],
+        )
+        available = GaugeMetricFamily(
+            "digitserve_model_available_versions",
+            "Number of AVAILABLE versions per model.",
+            labels=["model"],
+        )
+        if self.manager is not None:
+            for _attempt in range(3):
+                try:
+                    infos = self.manager.snapshot()
+                    break
+                except RuntimeError:  # changed while being read from another thread
+                    continue
+            else:
+                infos = []
+            for info in infos:
+                by_version: dict[int, list[str]] = {}
+                for label, number in info.labels.items():
+                    by_version.setdefault(number, []).append(label)
+                count = 0
+                for v in info.versions:
+                    family.add_metric(
+                        [
+                            info.name,
+                            str(v.version),
+                            v.state.value,
+                            ",".join(sorted(by_version.get(v.version, []))),
+                        ],
+                        1.0,
+                    )
+                    count += v.state.value == "AVAILABLE"
+                available.add_metric([info.name], float(count))
+        yield family
+        yield available
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+
+def _git_commit() -> str:
+    root = Path(__file__).resolve().parents[3]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=2,
+            check=False,
+        )
+        if out.returncode == 0:
+            return out.stdout.strip()
+    return "unknown"
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class _BatchMetrics:
+    """The batch observer of one model version."""
+
+    def __init__(self, metrics: Metrics, model: str, version: int) -> None:
+        labels = (model, str(version))
+        self._wait = metrics.queue_wait.labels(*labels)
+        self._compute = metrics.compute.labels(*labels)
+        self._size = metrics.batch_size.labels(*labels)
+        self._padding = metrics.padding.labels(*labels)
+        self._depth = metrics.queue_depth.labels(*labels)
+        self._failed = metrics.batch_failures.labels(*labels)
+        self._rejections = metrics.rejections
+        self._model = model
+
+    def batch_done(
+        self, size: int, padded: int, queue_waits: Sequence[float], compute_seconds: float
+    ) -> None:
+        self._size.observe(size)
+        self._compute.observe(compute_seconds)
+        if padded:
+            self._padding.inc(padded)
+        for wait in queue_waits:
+            self._wait.observe(wait)
+
+    def batch_failed(self, size: int) -> None:
+        self._failed.inc()
+
+    def rejected(self, reason: str, images: int) -> None:
+        self._rejections.labels(self._model, reason).inc(images)
+
+    def queue_depth(self, images: int) -> None:
+        self._depth.set(images)
+
+
+class _NoBatchMetrics:
+    def batch_done(self, *args: Any) -> None:
+        pass
+
+    def batch_failed(self, size: int) -> None:
+        pass
+
+    def rejected(self, reason: str, images: int) -> None:
+        pass
+
+    def queue_depth(self, images: int) -> None:
+        pass
+
+
+class Metrics:
+    """All of the server's metrics and the hooks that feed them."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.enabled = settings.metrics_enabled
+        self._port_setting = settings.metrics_port
+        self._host = settings.metrics_host
+        self._low_confidence = settings.low_confidence_threshold
+        self.registry = CollectorRegistry()
+        self.port: int | None = None
+        self._http: Any = None
+        self._http_thread: threading.Thread | None = None
+        reg = self.registry
+
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        GCCollector(registry=reg)
+        build = Gauge(
+            "digitserve_build_info",
+            "Build of this server (value 1).",
+            ["version", "git_commit", "tensorflow_version", "grpc_version", "python_version"],
+            registry=reg,
+        )
+        build.labels(
+            _dist_version("digitserve"),
+            _git_commit(),
+            _dist_version("tensorflow-cpu")
+            if _dist_version("tensorflow-cpu") != "unknown"
+            else _dist_version("tensorflow"),
+            grpc.__version__,
+            platform.python_version(),
+        ).set(1)
+
+        self.requests = Counter(
+            "digitserve_requests",
+            "RPCs finished, by method, status code and the model version that answered.",
+            ["rpc", "code", "model", "version"],
+            registry=reg,
+        )
+        self.latency = Histogram(
+            "digitserve_request_duration_seconds",
+            "Time from receiving an RPC to its last response, in seconds.",
+            ["rpc", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.inflight = Gauge(
+            "digitserve_inflight_requests", "RPCs being served.", ["rpc"], registry=reg
+        )
+        self.stream_items = Counter(
+            "digitserve_stream_items",
+            "ClassifyStream items answered, by status code.",
+            ["code", "model", "version"],
+            registry=reg,
+        )
+        self.images = Counter(
+            "digitserve_images_classified",
+            "Images classified, by model version.",
+            ["model", "version"],
+            registry=reg,
+        )
+        self.queue_wait = Histogram(
+            "digitserve_batch_queue_wait_seconds",
+            "Time a request's images waited in the batch queue, in seconds.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.compute = Histogram(
+            "digitserve_batch_compute_seconds",
+            "Time of one model call on a batch, in seconds.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.batch_size = Histogram(
+            "digitserve_batch_size_images",
+            "Images per model call, before padding.",
+            ["model", "version"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=reg,
+        )
+        self.padding = Counter(
+            "digitserve_batch_padding_images",
+            "Blank images added to pad batches up to an allowed size.",
+            ["model", "version"],
+            registry=reg,
+        )
+        self.batch_failures = Counter(
+            "digitserve_batch_failures",
+            "Model calls that raised; their requests got INTERNAL.",
+            ["model", "version"],
+            registry=reg,
+        )
+        self.queue_depth = Gauge(
+            "digitserve_queue_depth_images",
+            "Images waiting in the batch queue.",
+            ["model", "version"],
+            registry=reg,
+        )
+        self.rejections = Counter(
+            "digitserve_rejections",
+            "Images or requests refused, by reason "
+            "(queue_full, deadline, cancelled, invalid_input).",
+            ["model", "reason"],
+            registry=reg,
+        )
+        self.load_duration = Histogram(
+            "digitserve_model_load_duration_seconds",
+            "Time to verify, load and warm up a version, in seconds.",
+            ["model"],
+            buckets=LOAD_BUCKETS,
+            registry=reg,
+        )
+        self.load_failures = Counter(
+            "digitserve_model_load_failures",
+            "Versions that failed to load, by reason (manifest, checksum, signature, load_error).",
+            ["model", "reason"],
+            registry=reg,
+        )
+        self.last_load = Gauge(
+            "digitserve_model_last_load_success_timestamp_seconds",
+            "Unix time of the last version that became AVAILABLE.",
+            ["model"],
+            registry=reg,
+        )
+        self.predicted = Counter(
+            "digitserve_predictions",
+            "Predicted digits, by model version and digit.",
+            ["model", "version", "digit"],
+            registry=reg,
+        )
+        self.low_confidence = Counter(
+            "digitserve_low_confidence_predictions",
+            f"Predictions whose confidence is below {self._low_confidence}.",
+            ["model", "version"],
+            registry=reg,
+        )
+        self.confidence = BulkHistogram(
+            "digitserve_prediction_confidence",
+            "Confidence (top probability) of each prediction.",
+            ["model", "version"],
+            CONFIDENCE_BUCKETS,
+        )
+        reg.register(self.confidence)
+        self._versions = _VersionCollector()
+        reg.register(self._versions)
+        self._prediction_children: dict[tuple[str, int], tuple[Any, ...]] = {}
+
+    # -- HTTP endpoint ----------------------------------------------------------------
+
+    def start_http(self) -> None:
+        if not self.enabled or self._port_setting is None:
+            return
+        self._http, self._http_thread = start_http_server(
+            self._port_setting, addr=self._host, registry=self.registry
+        )
+        self.port = self._http.server_port
+        log.info("metrics on http://%s:%d/metrics", self._host, self.port)
+
+    def stop_http(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+    def bind_manager(self, manager: ModelManager) -> None:
+        self._versions.manager = manager
+
+    # -- version observer -----------------------------------------------------------
+
+    def version_state(self, model: str, version: int, state: State | None) -> None:
+        if state is None and self.enabled:
+            labels = (model, str(version))
+            self.confidence.remove(labels)
+            self._prediction_children.pop((model, version), None)
+
+    def load_finished(self, model: str, version: int, seconds: float) -> None:
+        if self.enabled:
+            self.load_duration.labels(model).observe(seconds)
+            self.last_load.labels(model).set(time.time())
+
+    def load_failed(self, model: str, version: int, reason: str) -> None:
+        if self.enabled:
+            self.load_failures.labels(model, reason).inc()
+
+    def batch_observer(self, model: str, version: int) -> BatchObserver:
+        return _BatchMetrics(self, model, version) if self.enabled else _NoBatchMetrics()
+
+    # -- prediction observer --------------------------------------------------------
+
+    def predictions(self, model: str, version: int, probabilities: np.ndarray) -> None:
+        if not self.enabled:
+            return
+        key = (model, version)
+        children = self._prediction_children.get(key)
+        if children is None:
+            v = str(version)
+            children = (
+                self.images.labels(model, v),
+                self.low_confidence.labels(model, v),
+                tuple(self.predicted.labels(model, v, str(d)) for d in range(10)),
+                (model, v),
+            )
+            self._prediction_children[key] = children
+        images, low, digits, labels = children
+        confidence = probabilities.max(axis=1)
+        images.inc(len(probabilities))
+        lows = int((confidence < self._low_confidence).sum())
+        if lows:
+            low.inc(lows)
+        if len(probabilities) == 1:
+            digits[int(probabilities[0].argmax())].inc()
+        else:
+            for digit, count in enumerate(np.bincount(probabilities.argmax(axis=1), minlength=10)):
+                if count:
+                    digits[digit].inc(int(count))
+        self.confidence.observe_many(labels, confidence)
+        note_version(model, version)
+
+    def item_failed(self, model: str, code: str) -> None:
+        if self.enabled:
+            self.stream_items.labels(code, model, "").inc()
+            if code == "INVALID_ARGUMENT":
+                self.rejections.labels(model, "invalid_input").inc()
+
+    def item_done(self, model: str, version: int) -> None:
+        if self.enabled:
+            self.stream_items.labels("OK", model, str(version)).inc()
+
+    # -- gRPC interceptor ---------------------------------------------------------------
+
+    def interceptor(self) -> grpc.aio.ServerInterceptor:
+        return _Interceptor(self)
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID:
+            return value
+    return uuid.uuid4().hex
+
+
+def _final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if exc is None:
+        return "OK"
+    if isinstance(exc, BaseException) and type(exc).__name__ == "CancelledError":
+        remaining = context.time_remaining()
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    return "UNKNOWN"
+
+
+class _Interceptor(grpc.aio.ServerInterceptor):
+    """Times and counts digitserve RPCs and gives each a request id."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(SERVICE_PREFIX):
+            return handler
+        rpc = method[len(SERVICE_PREFIX) :]
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=self._unary(rpc, handler.unary_unary))
+        if handler.stream_stream is not None:
+            return handler._replace(stream_stream=self._stream(rpc, handler.stream_stream))
+        return handler
+
+    def _begin(self, rpc: str, context: grpc.aio.ServicerContext) -> tuple[Any, ...]:
+        rid = _request_id(context)
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
+        info = RequestInfo()
+        tokens = (logs.request_id.set(rid), current_request.set(info))
+        self._m.inflight.labels(rpc).inc()
+        return info, tokens, time.perf_counter()
+
+    def _end(
+        self,
+        rpc: str,
+        context: grpc.aio.ServicerContext,
+        state: tuple[Any, ...],
+        exc: BaseException | None,
+    ) -> None:
+        info, tokens, started = state
+        m = self._m
+        m.inflight.labels(rpc).dec()
+        code = _final_code(context, exc)
+        m.requests.labels(rpc, code, info.model, info.version).inc()
+        m.latency.labels(rpc, info.model).observe(time.perf_counter() - started)
+        if code == "INVALID_ARGUMENT":
+            m.rejections.labels(info.model, "invalid_input").inc()
+        with contextlib.suppress(ValueError):  # generator closed in another context
+            current_request.reset(tokens[1])
+            logs.request_id.reset(tokens[0])
+
+    def _unary(self, rpc: str, behavior: Any) -> Any:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            state = self._begin(rpc, context)
+            exc: BaseException | None = None
+            try:
+                return await behavior(request, context)
+            except BaseException as e:
+                exc = e
+                raise
+            finally:
+                self._end(rpc, context, state, exc)
+
+        return wrapper
+
+    def _stream(self, rpc: str, behavior: Any) -> Any:
+        async def wrapper(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+            state = self._begin(rpc, context)
+            exc: BaseException | None = None
+            try:
+                async for response in behavior(request_iterator, context):
+                    yield response
+            except BaseException as e:
+                exc = e
+                raise
+            finally:
+                self._end(rpc, context, state, exc)
+
+        return wrapper
