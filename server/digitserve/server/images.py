@@ -22,6 +22,9 @@ PIXELS = SIDE * SIDE
 FIT = 20
 MAX_SIDE = 4096
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG"})
+# Where MNIST digits have their centre of mass, in pixel index coordinates (the
+# mean over the training set is 14.0 on both axes, not the geometric 13.5).
+CENTRE = 14.0
 # Share of the ink's peak below which a pixel counts as background noise.
 INK_THRESHOLD = 0.05
 
@@ -132,8 +135,7 @@ def _center_of_mass_shift(
     ys, xs = np.indices(frame.shape)
     cy = float((ys * frame).sum() / total)
     cx = float((xs * frame).sum() / total)
-    centre = (SIDE - 1) / 2.0
     # Shift so the centre of mass lands at the centre, but never push ink out.
-    dy = int(np.clip(round(centre - cy), -top, SIDE - (top + height)))
-    dx = int(np.clip(round(centre - cx), -left, SIDE - (left + width)))
+    dy = int(np.clip(round(CENTRE - cy), -top, SIDE - (top + height)))
+    dx = int(np.clip(round(CENTRE - cx), -left, SIDE - (left + width)))
     return np.roll(frame, (dy, dx), axis=(0, 1))
