@@ -75,7 +75,7 @@ def test_reads_keras_npz(tmp_path: Path) -> None:
         "x_test": rng.integers(0, 256, (3, 28, 28), dtype=np.uint8),
         "y_test": rng.integers(0, 10, 3, dtype=np.uint8),
     }
-    np.savez(tmp_path / "mnist.npz", **arrays)
+    np.savez(tmp_path / "mnist.npz", **arrays)  # type: ignore[arg-type]
     data = load_mnist(tmp_path)
     np.testing.assert_array_equal(data.train_images, arrays["x_train"])
     np.testing.assert_array_equal(data.test_labels, arrays["y_test"])
@@ -157,7 +157,8 @@ def test_reads_the_real_data_set(mnist_dir: Path) -> None:
     assert data.train_images.shape == (60000, 28, 28)
     assert data.test_images.shape == (10000, 28, 28)
     assert sorted(np.unique(data.test_labels)) == list(range(10))
-    published = dict(
-        reversed(line.split()) for line in (mnist_dir / "SHA256SUMS").read_text().splitlines()
-    )
+    published = {}
+    for line in (mnist_dir / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split()
+        published[name] = digest
     assert data.checksums == published

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from digitserve.server import repository
 from digitserve.trainer.cli import EXIT_GATE, main
-from digitserve.trainer.gate import check_quality
+from digitserve.trainer.gate import GateDecision, check_quality
 from digitserve.trainer.settings import TrainSettings
 
 MODEL = "mnist"
@@ -28,9 +28,12 @@ def publish_fake(repo: Path, accuracy: float) -> int:
         )
 
 
-def gate(repo: Path, accuracy: float, **limits: float):  # type: ignore[no-untyped-def]
-    limits = {"min_accuracy": 0.98, "max_regression": 0.002, **limits}
-    return check_quality(accuracy, repo=repo, model=MODEL, **limits)
+def gate(
+    repo: Path, accuracy: float, min_accuracy: float = 0.98, max_regression: float = 0.002
+) -> GateDecision:
+    return check_quality(
+        accuracy, repo=repo, model=MODEL, min_accuracy=min_accuracy, max_regression=max_regression
+    )
 
 
 def test_passes_without_a_stable_version(tmp_path: Path) -> None:

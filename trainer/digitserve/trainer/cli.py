@@ -38,6 +38,12 @@ def _configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # TensorFlow logs routine INFO lines (assets written, renamed inputs) through its own
+    # handler as well as the root one; keep its warnings only, unless debugging.
+    for name in ("tensorflow", "absl"):
+        library = logging.getLogger(name)
+        library.setLevel(level if level == "DEBUG" else "WARNING")
+        library.propagate = True
 
 
 def _describe_errors(exc: ValidationError) -> str:
@@ -54,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.pop(0) if args and args[0] in COMMANDS else "train"
     # Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    settings_class = ReportSettings if command == "report" else TrainSettings
+    settings_class: type[TrainSettings | ReportSettings] = (
+        ReportSettings if command == "report" else TrainSettings
+    )
     try:
         settings = CliApp.run(settings_class, cli_args=args)
     except ValidationError as exc:

@@ -55,15 +55,15 @@ class ServingSignature:
     outputs: dict[str, TensorSpec]
 
 
-def export_saved_model(model: keras.Model, export_dir: Path) -> ServingSignature:
-    """Write ``model`` as a SavedModel into ``export_dir`` and check its signature."""
+def export_saved_model(model: keras.Model, export_dir: Path) -> ExportedModel:
+    """Write ``model`` as a SavedModel into ``export_dir``; return it loaded back and checked."""
     module = _ServingModule(model)
     tf.saved_model.save(
         module,
         str(export_dir),
         signatures={SIGNATURE_NAME: module.serve.get_concrete_function()},
     )
-    return ExportedModel(export_dir).signature
+    return ExportedModel(export_dir)
 
 
 class ExportedModel:

@@ -112,7 +112,7 @@ class TrainingProgress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         done = (epoch + 1) * self.steps_per_epoch
         if self._progress is not None:
-            self._progress.console.log(f"epoch {epoch + 1}/{self.epochs} {_format_metrics(logs)}")
+            self._progress.console.print(f"epoch {epoch + 1}/{self.epochs} {_format_metrics(logs)}")
         elif self.mode == "plain":
             self._last_line = time.monotonic()
             logger.info(

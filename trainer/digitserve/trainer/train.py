@@ -23,7 +23,7 @@ import tensorflow as tf
 from digitserve.server import repository
 from digitserve.trainer import pipeline, provenance
 from digitserve.trainer.data import MnistData, load_mnist
-from digitserve.trainer.export import ExportedModel, export_saved_model
+from digitserve.trainer.export import export_saved_model
 from digitserve.trainer.gate import GateDecision, QualityGateError, check_quality
 from digitserve.trainer.metrics import Evaluation
 from digitserve.trainer.models import ARCHITECTURES, build_model
@@ -257,8 +257,7 @@ def run(settings: TrainSettings) -> TrainResult:
     fitted = fit(hp, split, settings.progress)
 
     with repository.staging_dir(settings.model_repo, settings.model_name) as staged:
-        signature = export_saved_model(fitted.model, staged)
-        exported = ExportedModel(staged)
+        exported = export_saved_model(fitted.model, staged)
         evaluation = Evaluation(
             labels=data.test_labels.astype(np.int64),
             probabilities=exported.predict(data.test_images),
@@ -305,8 +304,8 @@ def run(settings: TrainSettings) -> TrainResult:
             staged,
             settings.model_repo,
             settings.model_name,
-            inputs=signature.inputs,
-            outputs=signature.outputs,
+            inputs=exported.signature.inputs,
+            outputs=exported.signature.outputs,
             metadata=metadata,
         )
     version_dir = settings.model_repo / settings.model_name / str(version)
