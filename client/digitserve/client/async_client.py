@@ -192,6 +192,8 @@ class AsyncDigitClient:
         items are sent by a task of this call, and leaving the ``async for``
         early (or ``aclose()``) cancels the call.
         """
+        if self._closed:
+            raise RuntimeError("the client is closed")
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
         selector = model_selector(model, version, label)

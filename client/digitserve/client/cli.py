@@ -212,45 +212,41 @@ def _classify(
     out: TextIO,
     err: TextIO,
 ) -> int:
-    # Files are read first so that one unreadable file is reported and the others
-    # are still classified.
+    # Every file is read first, so an unreadable one is reported and the others
+    # are still classified (over one stream, whose item errors are per file too).
     outcomes: list[dict[str, Any]] = []
-    images: list[digitserve_pb2.Image] = []
+    readable: list[tuple[dict[str, Any], digitserve_pb2.Image]] = []
     for path in args.files:
+        outcome: dict[str, Any] = {"file": path}
+        outcomes.append(outcome)
         try:
-            images.append(to_image(path))
-            outcomes.append({"file": path})
+            readable.append((outcome, to_image(path)))
         except (OSError, ValueError) as error:
             message = _local_error_message(error)
             print(f"error: {path}: {message}", file=err)
-            outcomes.append({"file": path, "error": {"code": "INPUT_ERROR", "message": message}})
-    exit_code = EXIT_INPUT if len(images) < len(outcomes) else EXIT_OK
+            outcome["error"] = {"code": "INPUT_ERROR", "message": message}
+    exit_code = EXIT_INPUT if len(readable) < len(outcomes) else EXIT_OK
 
-    if not images:
-        return exit_code
-    sent = [outcome for outcome in outcomes if "error" not in outcome]
-    results = client.classify_many(
-        images,
-        model=args.model,
-        version=args.version,
-        label=args.label,
-        timeout=settings.timeout,
-        raise_on_error=False,
-    )
-    for outcome, result in zip(sent, results, strict=True):
-        outcome.update(_result_fields(result))
-        if result.error is not None:
-            print(
-                f"error: {outcome['file']}: {result.error.code.name}: {result.error.message}",
-                file=err,
-            )
-            if exit_code == EXIT_OK:
-                exit_code = EXIT_RPC_BASE + int(result.error.code.value[0])
-        elif not args.json:
-            print(
-                f"{outcome['file']}: {outcome['digit']} (confidence {outcome['confidence']:.4f})",
-                file=out,
-            )
+    if readable:
+        results = client.classify_many(
+            [image for _, image in readable],
+            model=args.model,
+            version=args.version,
+            label=args.label,
+            timeout=settings.timeout,
+            raise_on_error=False,
+        )
+        for (outcome, _), result in zip(readable, results, strict=True):
+            outcome.update(_result_fields(result))
+            if result.error is not None:
+                code = result.error.code
+                print(f"error: {outcome['file']}: {code.name}: {result.error.message}", file=err)
+                if exit_code == EXIT_OK:
+                    exit_code = EXIT_RPC_BASE + int(code.value[0])
+            elif not args.json:
+                digit, confidence = outcome["digit"], outcome["confidence"]
+                print(f"{outcome['file']}: {digit} (confidence {confidence:.4f})", file=out)
+
     if args.json:
         json.dump(outcomes, out, indent=2)
         out.write("\n")

@@ -47,7 +47,7 @@ class ResultOrder:
 
     def finish(self, *, sent: int) -> None:
         """Checks, once the stream has ended, that every sent item was answered."""
-        missing = sent - self._next
+        missing = sent - self._next - len(self._early)
         if missing:
             raise ProtocolError(
                 f"the stream ended with {missing} of {sent} items unanswered "

@@ -79,6 +79,7 @@ class DigitClient:
             wait_for_ready=wait_for_ready,
         )
         self._channel = create_channel(target, channel_settings, credentials=credentials)
+        self._closed = False
         self._stub = digitserve_pb2_grpc.DigitClassifierStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -95,7 +96,12 @@ class DigitClient:
 
     def close(self) -> None:
         """Closes the channel; calls still running are cancelled."""
+        self._closed = True
         self._channel.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the client is closed")
 
     def classify(
         self,
@@ -202,6 +208,7 @@ class DigitClient:
         (``stream_timeout`` unless ``timeout`` is given). Closing the iterator
         early cancels the call.
         """
+        self._check_open()
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
         selector = model_selector(model, version, label)
@@ -255,6 +262,7 @@ class DigitClient:
         request_id: str | None,
     ) -> ResponseT:
         """Calls ``method`` with the call's deadline and request id; maps its failure."""
+        self._check_open()
         request_id = check_request_id(request_id)
         try:
             return method(
