@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-
 from digitserve.server.batching import Batcher, BatchingConfig, padded_size
 from digitserve.server.errors import BatchFailed, DeadlineExpired, QueueFull
 

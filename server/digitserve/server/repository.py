@@ -365,3 +365,159 @@ def write_labels(repo: Path, model: str, labels: Mapping[str, int]) -> None:
     for label in labels:
         validate_label(label)
     _atomic_write_json(model_dir / LABELS_FILE, dict(sorted(labels.items())))
+
+
+@contextlib.contextmanager
+def _model_lock(repo: Path, model: str) -> Iterator[None]:
+    """Serialise read-modify-write changes of one model's labels and versions."""
+    import fcntl
+
+    model_dir = repo / validate_model_name(model)
+    if not model_dir.is_dir():
+        raise RepositoryError(f"no model {model!r} in {repo}")
+    with (model_dir / ".lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def set_label(repo: Path, model: str, label: str, version: int) -> int | None:
+    """Point ``label`` at ``version`` (which must verify); returns the previous target."""
+    validate_label(label)
+    with _model_lock(repo, model):
+        if version not in list_versions(repo, model):
+            raise RepositoryError(f"model {model!r} has no version {version}")
+        verify_version(repo / model / str(version))
+        labels = read_labels(repo, model)
+        previous = labels.get(label)
+        labels[label] = version
+        write_labels(repo, model, labels)
+        return previous
+
+
+def remove_label(repo: Path, model: str, label: str) -> int:
+    """Remove ``label``; returns the version it pointed at."""
+    with _model_lock(repo, model):
+        labels = read_labels(repo, model)
+        if label not in labels:
+            raise RepositoryError(f"model {model!r} has no label {label!r}")
+        version = labels.pop(label)
+        write_labels(repo, model, labels)
+        return version
+
+
+def rollback(
+    repo: Path, model: str, *, label: str = "stable", to: int | None = None
+) -> tuple[int | None, int]:
+    """Move ``label`` back: to version ``to``, or to the newest verified version below
+    its current target (below the newest version when the label is unset).
+
+    Returns ``(previous target, new target)``.
+    """
+    with _model_lock(repo, model):
+        labels = read_labels(repo, model)
+        current = labels.get(label)
+        versions = list_versions(repo, model)
+        if to is None:
+            ceiling = current if current is not None else max(versions, default=0)
+            for candidate in sorted((v for v in versions if v < ceiling), reverse=True):
+                try:
+                    verify_version(repo / model / str(candidate))
+                except ManifestError:
+                    continue
+                to = candidate
+                break
+            else:
+                raise RepositoryError(
+                    f"no verified version of {model!r} older than {ceiling} to roll back to"
+                )
+        elif to not in versions:
+            raise RepositoryError(f"model {model!r} has no version {to}")
+        else:
+            verify_version(repo / model / str(to))
+        labels[label] = to
+        write_labels(repo, model, labels)
+        return current, to
+
+
+def _remove_version_dir(repo: Path, model: str, version: int) -> None:
+    """Make a version vanish atomically (rename away), then delete its files."""
+    path = repo / model / str(version)
+    trash = repo / model / f"{STAGING_PREFIX}removed-{version}-{os.getpid()}"
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def prune(repo: Path, model: str, keep: int) -> tuple[list[int], list[int]]:
+    """Delete all but the newest ``keep`` versions, never one a label points at.
+
+    Returns ``(removed, kept because labelled)``.
+    """
+    if keep < 1:
+        raise RepositoryError(f"prune --keep must be >= 1, got {keep}")
+    with _model_lock(repo, model):
+        labelled = set(read_labels(repo, model).values())
+        versions = list_versions(repo, model)
+        old = versions[:-keep] if len(versions) > keep else []
+        removed, spared = [], []
+        for version in old:
+            if version in labelled:
+                spared.append(version)
+                continue
+            _remove_version_dir(repo, model, version)
+            removed.append(version)
+        return removed, spared
+
+
+def remove_version(repo: Path, model: str, version: int) -> None:
+    """Delete one version; refused while a label points at it."""
+    with _model_lock(repo, model):
+        if version not in list_versions(repo, model):
+            raise RepositoryError(f"model {model!r} has no version {version}")
+        pointing = sorted(k for k, v in read_labels(repo, model).items() if v == version)
+        if pointing:
+            raise RepositoryError(
+                f"version {version} is labelled {', '.join(pointing)}; "
+                "move or remove the label first"
+            )
+        _remove_version_dir(repo, model, version)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What ``digitserve-model list`` shows of a version."""
+
+    version: int
+    status: str  # "ok", "incomplete" (no manifest) or "corrupt: <reason>"
+    labels: tuple[str, ...]
+    test_accuracy: float | None
+    created_at: str | None
+    architecture: str | None
+
+
+def describe(repo: Path, model: str, *, verify: bool = True) -> list[VersionInfo]:
+    labels = read_labels(repo, model)
+    out = []
+    for version in list_versions(repo, model):
+        path = repo / model / str(version)
+        manifest: Manifest | None = None
+        try:
+            manifest = verify_version(path) if verify else read_manifest(path)
+            status = "ok"
+        except ManifestError as exc:
+            status = "incomplete" if not (path / MANIFEST_FILE).exists() else f"corrupt: {exc}"
+        meta = manifest.metadata if manifest else {}
+        accuracy = meta.get("test_accuracy")
+        out.append(
+            VersionInfo(
+                version=version,
+                status=status,
+                labels=tuple(sorted(k for k, v in labels.items() if v == version)),
+                test_accuracy=float(accuracy) if isinstance(accuracy, int | float) else None,
+                created_at=manifest.created_at if manifest else None,
+                architecture=str(meta["architecture"]) if "architecture" in meta else None,
+            )
+        )
+    return out

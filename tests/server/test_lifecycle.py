@@ -1,0 +1,159 @@
+"""The server process: start-up, health transitions, SIGTERM drain and exit status."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from digitserve.v1 import digitserve_pb2 as pb
+from digitserve.v1 import digitserve_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from ..conftest import MODEL
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class ServerProcess:
+    """``digitserve-server`` as a child process on a free port."""
+
+    def __init__(self, repo: Path, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "digitserve.server.main",
+                "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
+                "--model-repo", str(repo), "--default-model", MODEL, *extra,
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._port = threading.Event()
+        self.port = 0
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        assert self._port.wait(60), f"server did not report its port: {self.lines}"
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if m := re.search(r"listening on \S+ \(port (\d+)\)", line):
+                self.port = int(m.group(1))
+                self._port.set()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait(self, timeout: float = 60) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.wait(10)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def server_process(trained_repo: Path):  # type: ignore[no-untyped-def]
+    started: list[ServerProcess] = []
+
+    def start(*extra: str, repo: Path = trained_repo) -> ServerProcess:
+        process = ServerProcess(repo, *extra)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def slow_request(mnist_test: tuple[np.ndarray, np.ndarray], count: int) -> pb.ClassifyRequest:
+    """Many large PNGs: decoding them keeps the server busy for a while."""
+    images = []
+    for img in mnist_test[0][:count]:
+        buf = io.BytesIO()
+        Image.fromarray(255 - img).resize((600, 600)).save(buf, "PNG", compress_level=1)
+        images.append(pb.Image(encoded=buf.getvalue()))
+    return pb.ClassifyRequest(images=images)
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_zero(server_process, mnist_test) -> None:
+    server = server_process("--grace-seconds", "30")
+    request = slow_request(mnist_test, 300)
+    with grpc.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=60)
+        seen = [next(watch).status]
+        if seen[0] != SERVING:
+            seen.append(next(watch).status)
+        assert seen[-1] == SERVING
+
+        stub = pb_grpc.DigitClassifierStub(channel)
+        future = stub.Classify.future(request, timeout=60)
+        time.sleep(0.3)  # the request is being decoded
+        assert not future.done()
+        server.proc.send_signal(signal.SIGTERM)
+        assert next(watch).status == NOT_SERVING  # health flips before anything stops
+
+        response = future.result()
+        assert len(response.predictions) == 300
+        assert (
+            np.array([p.digit for p in response.predictions]) == mnist_test[1][:300]
+        ).mean() > 0.8
+
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Classify(pb.ClassifyRequest(images=[pb.Image(pixels=b"\x00" * 784)]), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert server.wait() == 0
+    log = "".join(server.lines)
+    assert "draining" in log and "stopped" in log
+
+
+def test_health_is_not_serving_until_a_model_is_warm(server_process, tmp_path, trained_repo):
+    import shutil
+
+    empty = tmp_path / "repo"
+    empty.mkdir()
+    server = server_process("--poll-seconds", "0.2", repo=empty)
+    with grpc.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == NOT_SERVING
+        shutil.copytree(trained_repo / MODEL, empty / MODEL)  # a published model appears
+        watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=60)
+        assert SERVING in (next(watch).status, next(watch).status)
+    server.proc.send_signal(signal.SIGINT)
+    assert server.wait() == 0
+
+
+def test_invalid_settings_exit_with_a_clear_message(trained_repo) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "digitserve.server.main", "--max-batch-size", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "max_batch_size" in result.stderr and "greater than or equal to 1" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "digitserve.server.main", "--version-policy", "newest"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "invalid version policy 'newest'" in result.stderr
