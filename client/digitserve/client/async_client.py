@@ -189,8 +189,9 @@ class AsyncDigitClient:
 
         An async iterator (``async for``); ``images`` may be an iterable or an
         async iterable. Behaviour as for ``DigitClient.classify_many``; the
-        items are sent by a task of this call, and leaving the ``async for``
-        early (or ``aclose()``) cancels the call.
+        items are sent by a task of this call. ``aclose()`` cancels the call; to
+        leave an ``async for`` early without waiting for garbage collection to
+        do that, iterate inside ``contextlib.aclosing(client.classify_many(...))``.
         """
         if self._closed:
             raise RuntimeError("the client is closed")

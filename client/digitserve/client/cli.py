@@ -74,7 +74,9 @@ class CliSettings:
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> CliSettings:
         """Flags win over environment variables, which win over defaults."""
-        target = getattr(args, "target", None) or environ.get(f"{ENV_PREFIX}TARGET") or None
+        target = (
+            getattr(args, "target", None) or environ.get(f"{ENV_PREFIX}TARGET") or DEFAULT_TARGET
+        )
         timeout_text = getattr(args, "timeout", None) or environ.get(f"{ENV_PREFIX}TIMEOUT")
         timeout = DEFAULT_TIMEOUT
         if timeout_text:
@@ -84,7 +86,7 @@ class CliSettings:
                 raise UsageError(
                     f"timeout must be a number of seconds > 0, got {timeout_text!r}"
                 ) from None
-        settings = cls(target=target or DEFAULT_TARGET, timeout=timeout)
+        settings = cls(target=target, timeout=timeout)
         try:
             channel_target(settings.targets())
         except ValueError as error:
