@@ -14,7 +14,7 @@ PORT ?= 8500
 METRICS_PORT ?= 8501
 export DIGITSERVE_DATA_DIR
 
-.PHONY: help run serve train test lint typecheck protos check-protos bench clean
+.PHONY: help run test lint typecheck protos bench bench-reload clean
 
 help:
 	@echo "make run    set up, train a quick default model if none is published, serve it"
@@ -67,6 +67,9 @@ protos: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(PY) -m digitserve.client.benchsuite --data-dir $(DIGITSERVE_DATA_DIR) --out results
+
+bench-reload: $(VENV)/.installed-dev
+	$(PY) scripts/bench_reload_rss.py --model-repo $(MODEL_REPO) --model $(MODEL_NAME)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
