@@ -517,6 +517,15 @@ class _Interceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
+        # Label lookups cost more than the updates: cache the children.
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (str(id(metric)), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     async def intercept_service(
         self,
@@ -539,7 +548,7 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
         info = RequestInfo()
         tokens = (logs.request_id.set(rid), current_request.set(info))
-        self._m.inflight.labels(rpc).inc()
+        self._child(self._m.inflight, rpc).inc()
         return info, tokens, time.perf_counter()
 
     def _end(
@@ -551,10 +560,10 @@ class _Interceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         info, tokens, started = state
         m = self._m
-        m.inflight.labels(rpc).dec()
+        self._child(m.inflight, rpc).dec()
         code = _final_code(context, exc)
-        m.requests.labels(rpc, code, info.model, info.version).inc()
-        m.latency.labels(rpc, info.model).observe(time.perf_counter() - started)
+        self._child(m.requests, rpc, code, info.model, info.version).inc()
+        self._child(m.latency, rpc, info.model).observe(time.perf_counter() - started)
         if code == "INVALID_ARGUMENT":
             m.rejections.labels(info.model, "invalid_input").inc()
         with contextlib.suppress(ValueError):  # generator closed in another context
