@@ -43,6 +43,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from . import logs
+from .errors import ModelNotFound
 
 if TYPE_CHECKING:
     from .batching import BatchObserver
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
     from .versions import ModelManager, State
 
 log = logging.getLogger(__name__)
+# One DEBUG line per finished RPC (with its request id): rpc, code, model, version, duration.
+access_log = logging.getLogger("digitserve.access")
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -426,6 +429,21 @@ class Metrics:
     def bind_manager(self, manager: ModelManager) -> None:
         self._versions.manager = manager
 
+    def model_label(self, name: str) -> str:
+        """``name`` if the repository knows that model, else "".
+
+        Clients choose the model names they send: an unknown one must not become a
+        label value (one new series, and one cached child, per made-up name).
+        """
+        manager = self._versions.manager
+        if not name or manager is None:
+            return name
+        try:
+            manager.snapshot(name)
+        except ModelNotFound:
+            return ""
+        return name
+
     # -- version observer -----------------------------------------------------------
 
     def version_state(self, model: str, version: int, state: State | None) -> None:
@@ -562,10 +580,21 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         m = self._m
         self._child(m.inflight, rpc).dec()
         code = _final_code(context, exc)
-        self._child(m.requests, rpc, code, info.model, info.version).inc()
-        self._child(m.latency, rpc, info.model).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        # A version answered: the model exists. Otherwise the name may be made up.
+        model = info.model if info.version else m.model_label(info.model)
+        self._child(m.requests, rpc, code, model, info.version).inc()
+        self._child(m.latency, rpc, model).observe(elapsed)
         if code == "INVALID_ARGUMENT":
-            m.rejections.labels(info.model, "invalid_input").inc()
+            m.rejections.labels(model, "invalid_input").inc()
+        if access_log.isEnabledFor(logging.DEBUG):
+            access_log.debug(
+                "%s %s in %.1f ms",
+                rpc,
+                code,
+                elapsed * 1000,
+                extra={"rpc": rpc, "code": code, "model": model, "version": info.version},
+            )
         with contextlib.suppress(ValueError):  # generator closed in another context
             current_request.reset(tokens[1])
             logs.request_id.reset(tokens[0])
