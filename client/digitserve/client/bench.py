@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import gc
 import gzip
 import json
@@ -274,7 +275,7 @@ def load_images(data_dir: Path | None, seed: int) -> tuple[np.ndarray, str]:
             if path.is_file():
                 images = read_idx_images(path)
                 return images, f"MNIST test images ({len(images)}) from {path}"
-    return synthetic_images(1000, seed), "synthetic digit-like images (no MNIST test file found)"
+    return synthetic_images(256, seed), "synthetic digit-like images (no MNIST test file found)"
 
 
 @dataclass(frozen=True)
@@ -1119,7 +1120,8 @@ def main(
     err = stderr or sys.stderr
     parser = build_parser()
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exit_:
         return EXIT_OK if exit_.code == 0 else EXIT_USAGE
     try:
