@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +233,17 @@ def test_without_data_synthetic_digits_are_used(tmp_path: Path) -> None:
     assert "synthetic" in description
     assert all(image.max() == 255 and (image > 0).mean() < 0.5 for image in images[:20])
     np.testing.assert_array_equal(images, bench.synthetic_images(len(images), seed=1))
+
+
+def test_the_bench_tool_imports_neither_tensorflow_nor_the_server() -> None:
+    probe = (
+        "import json, sys; import digitserve.client.bench; "
+        "print(json.dumps(sorted(m for m in sys.modules if '.' not in m or "
+        "m.startswith('digitserve.'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    modules = set(json.loads(done.stdout))
+    assert "digitserve.client.bench" in modules
+    assert not modules & {"tensorflow", "keras", "pydantic", "digitserve.server"}
