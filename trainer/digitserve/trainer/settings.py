@@ -52,7 +52,12 @@ class _DataAndRepository(BaseSettings):
 
 
 class TrainSettings(_DataAndRepository):
-    """Train an MNIST classifier, check it, and publish it as the next version."""
+    """Train an MNIST classifier, check it, and publish it as the next version.
+
+    (`digitserve-train report --help`: the report of a published version.)
+    """
+
+    model_config = SettingsConfigDict(**_COMMON_CONFIG, cli_prog_name="digitserve-train")
 
     architecture: str = "cnn"
     """Model architecture: cnn, dense128, mlp or mlp-128-32."""
@@ -108,6 +113,8 @@ class TrainSettings(_DataAndRepository):
 
 class ReportSettings(_DataAndRepository):
     """Write the evaluation report of a published version into a folder."""
+
+    model_config = SettingsConfigDict(**_COMMON_CONFIG, cli_prog_name="digitserve-train report")
 
     version: int | None = Field(default=None, ge=1)
     """Version to report on; unset: the latest published version."""
