@@ -21,8 +21,10 @@ Load:
   or evenly spaced arrivals) whatever the server does, and a request's latency
   is measured from its scheduled send time, so time spent queued behind a slow
   server or a lagging client counts (no coordinated omission). Requests
-  scheduled during the measurement are waited for after it ends. For ``stream``,
-  the rate is spread over ``--concurrency`` streams with no window.
+  scheduled during the measurement are all sent and waited for after it ends;
+  a request the client could not send before its deadline (the client being the
+  bottleneck) is counted as a ``NOT_SENT`` error. For ``stream``, the rate is
+  spread over ``--concurrency`` streams with no window.
 
 Each level has a warm-up (``--warmup`` seconds, not counted), then a measurement
 of ``--duration`` seconds (or of ``--requests`` answered requests). Reported per
@@ -104,6 +106,8 @@ _SERVICE = digitserve_pb2.DESCRIPTOR.services_by_name["DigitClassifier"].full_na
 CLASSIFY_METHOD = f"/{_SERVICE}/Classify"
 STREAM_METHOD = f"/{_SERVICE}/ClassifyStream"
 
+#: The error counted for an open-loop request the client fell too far behind to send.
+NOT_SENT = "NOT_SENT"
 #: Status code names by number, for the ``ItemError.code`` of stream items.
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 #: Most distinct prebuilt requests, and most bytes they may take together.
@@ -480,9 +484,9 @@ class _Run:
 
 
 async def _sleep_until(instant: float) -> None:
-    delay = instant - time.perf_counter()
-    if delay > 0:
-        await asyncio.sleep(delay)
+    """Sleep until ``instant``; yields to the loop even when it has passed, so that a
+    schedule running late cannot starve the calls it starts."""
+    await asyncio.sleep(max(0.0, instant - time.perf_counter()))
 
 
 def _code_name(error: grpc.aio.AioRpcError) -> str:
@@ -552,12 +556,13 @@ class _Load:
         pending: set[asyncio.Task[None]] = set()
         scheduled = run.measure_start - self.settings.warmup
         index = 0
-        while not run.stop.is_set():
+        while scheduled < run.measure_end:
             await _sleep_until(scheduled)
-            if run.stop.is_set():
-                break
             counted = run.in_window(scheduled)
             run.tally.scheduled += counted
+            if self._too_late(scheduled, counted):
+                scheduled += next_gap()
+                continue
             task = asyncio.create_task(
                 self._scheduled_call(payloads[index % len(payloads)], scheduled, counted)
             )
@@ -567,6 +572,15 @@ class _Load:
             scheduled += next_gap()
         if pending:
             await asyncio.gather(*pending)
+
+    def _too_late(self, scheduled: float, counted: bool) -> bool:
+        """Whether a scheduled request is dropped unsent: the client fell so far behind
+        its schedule that the request's deadline has passed. Counted as NOT_SENT."""
+        if time.perf_counter() - scheduled < self.settings.timeout:
+            return False
+        if counted:
+            self.run.tally.errors[NOT_SENT] += 1
+        return True
 
     async def _scheduled_call(self, payload: bytes, scheduled: float, counted: bool) -> None:
         run = self.run
@@ -644,19 +658,22 @@ class _Load:
         ids = _ItemIds()
         call = self.stream(None, timeout=self._stream_deadline())
         reader = asyncio.create_task(self._open_stream_reader(call, ids))
-        next_gap = _intervals(rate / streams, self.settings.arrivals, random.Random(self.seed))
+        # Independent arrivals per stream: together they are a Poisson process of ``rate``.
+        rng = random.Random(f"{self.seed}-{worker}")
+        next_gap = _intervals(rate / streams, self.settings.arrivals, rng)
         tails = self.payloads.stream_tails
         scheduled = run.measure_start - self.settings.warmup
         if self.settings.arrivals == "fixed":
             scheduled += worker / rate  # the streams take turns
         index = worker * 7919
         try:
-            while not run.stop.is_set() and not reader.done():
+            while scheduled < run.measure_end and not reader.done():
                 await _sleep_until(scheduled)
-                if run.stop.is_set():
-                    break
                 counted = run.in_window(scheduled)
                 run.tally.scheduled += counted
+                if self._too_late(scheduled, counted):
+                    scheduled += next_gap()
+                    continue
                 slot, prefix = ids.take(scheduled, counted)
                 if counted:
                     run.tally.send_lags.append(time.perf_counter() - scheduled)
