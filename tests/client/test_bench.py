@@ -128,6 +128,18 @@ def test_open_loop_reports_offered_and_achieved_rates(
     assert level["latency_ms"]["max"] >= lag["p50"]
 
 
+def test_an_open_loop_the_client_cannot_keep_up_with_counts_unsent_requests(
+    shared_server: ServerThread,
+) -> None:
+    out = io.StringIO()
+    argv = ["--target", shared_server.target, "--json", "--quiet", "--warmup", "0"]
+    argv += ["--duration", "0.5", "--rate", "100000", "--timeout", "0.2"]
+    assert bench.main(argv, environ={}, stdout=out, stderr=io.StringIO()) in (0, 1)
+    (level,) = json.loads(out.getvalue())["results"]
+    assert level["errors"][bench.NOT_SENT] > 0
+    assert level["offered_rate"] > level["calls_per_s"]
+
+
 @pytest.mark.parametrize("mode", ["unary", "stream"])
 def test_errors_are_counted_by_status_code(shared_server: ServerThread, mode: str) -> None:
     status, report, _ = run(

@@ -78,6 +78,7 @@ from digitserve.client.messages import model_selector
 from digitserve.v1 import digitserve_pb2
 
 __all__ = [
+    "NOT_SENT",
     "BenchError",
     "BenchSettings",
     "Level",
