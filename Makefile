@@ -66,7 +66,7 @@ protos: $(VENV)/.installed-dev
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) scripts/gen_protos.py
 
 bench: $(VENV)/.installed-dev
-	$(PY) -m digitserve.client.benchsuite --data-dir $(DIGITSERVE_DATA_DIR) --out results
+	$(PY) -m digitserve.server.benchsuite --data-dir $(DIGITSERVE_DATA_DIR) --out results
 
 bench-reload: $(VENV)/.installed-dev
 	$(PY) scripts/bench_reload_rss.py --model-repo $(MODEL_REPO) --model $(MODEL_NAME)
