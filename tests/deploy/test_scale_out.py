@@ -15,6 +15,7 @@ the three addresses (as it would get them from the headless Service's DNS name):
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -104,11 +105,15 @@ class Replica:
         self._ports.set()  # the process ended: stop waiting
 
     def wait_ports(self, timeout: float) -> None:
-        assert self._ports.wait(timeout), f"replica {self.index} logged no ports: {self.log}"
-        assert self.port and self.metrics_port, f"replica {self.index} died: {self.log}"
+        assert self._ports.wait(timeout), f"replica {self.index} logged no ports: {self.tail}"
+        assert self.port and self.metrics_port, f"replica {self.index} died: {self.tail}"
 
     @property
     def log(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def tail(self) -> str:
         return "".join(self.lines[-30:])
 
     @property
@@ -131,14 +136,17 @@ class Replica:
                     total += sample.value
         return total
 
-    def available_versions(self) -> set[int]:
+    def has_available(self, version: int) -> bool:
+        """Whether this replica's status RPC reports ``version`` AVAILABLE."""
         with DigitClient(self.address, timeout=5) as client:
             (model,) = client.status(MODEL)
-        return {v.version for v in model.versions if v.state is VersionState.AVAILABLE}
+        return any(
+            v.version == version and v.state is VersionState.AVAILABLE for v in model.versions
+        )
 
-    def health(self) -> str:
+    def has_health(self, status: str) -> bool:
         with DigitClient(self.address, timeout=5) as client:
-            return client.health()
+            return client.health() == status
 
     def wait(self, timeout: float) -> int:
         code = self.proc.wait(timeout)
@@ -254,7 +262,7 @@ def replicas(trained_repo: Path, tmp_path: Path) -> Iterator[list[Replica]]:
             replica.wait_ports(START_TIMEOUT)
         for replica in started:
             wait_for(
-                lambda r=replica: r.health() == "SERVING",
+                functools.partial(replica.has_health, "SERVING"),
                 START_TIMEOUT,
                 f"replica {replica.index} SERVING",
             )
@@ -290,7 +298,7 @@ def test_three_replicas_share_load_take_new_versions_and_drain_without_failures(
         version = republish(repo, source=1)
         for replica in replicas:
             wait_for(
-                lambda r=replica: version in r.available_versions(),
+                functools.partial(replica.has_available, version),
                 PUBLISH_TIMEOUT,
                 f"version {version} AVAILABLE on replica {replica.index}",
             )
@@ -301,7 +309,7 @@ def test_three_replicas_share_load_take_new_versions_and_drain_without_failures(
         load.wait_done(CALLS // 4, 60)
         stopped.proc.send_signal(signal.SIGTERM)
         load.join(90)
-        assert stopped.wait(GRACE_SECONDS + DRAIN_DELAY_SECONDS + 30) == 0, stopped.log
+        assert stopped.wait(GRACE_SECONDS + DRAIN_DELAY_SECONDS + 30) == 0, stopped.tail
         assert "draining" in stopped.log and "stopped" in stopped.log
         assert load.failures == [], load.failures[:5]
         assert load.done == CALLS
