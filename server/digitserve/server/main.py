@@ -10,6 +10,7 @@ from pydantic_settings import SettingsError
 
 from . import logs
 from .app import serve
+from .model import configure_threads
 from .settings import parse_settings
 
 
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"digitserve-server: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
+    configure_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
     asyncio.run(serve(settings))
     return 0
 

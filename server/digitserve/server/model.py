@@ -24,6 +24,17 @@ from .repository import (
 log = logging.getLogger(__name__)
 
 
+def configure_threads(intra_op: int, inter_op: int) -> None:
+    """Size TensorFlow's thread pools; must run before TensorFlow executes anything."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError:
+        log.warning("TensorFlow is already initialised; its thread pools keep their sizes")
+
+
 class ModelRunner(Protocol):
     """What the batcher needs of a model: uint8 [N,28,28] in, float32 [N,10] out."""
 
@@ -46,6 +57,14 @@ class SavedModelRunner:
                 f"(has {sorted(self._loaded.signatures)})"
             ) from None
         self._check_signature()
+        # Calling the signature with keyword arguments goes through structured-input
+        # handling on every call; a concrete function over it takes one flat tensor
+        # and costs about half as much per call.
+        signature = self._fn
+        self._call = tf.function(
+            lambda images: signature(**{INPUT_NAME: images})[OUTPUT_NAME],
+            input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name=INPUT_NAME)],
+        ).get_concrete_function()
 
     def _check_signature(self) -> None:
         tf = self._tf
@@ -69,12 +88,12 @@ class SavedModelRunner:
             )
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        result = self._fn(**{INPUT_NAME: self._tf.constant(images)})[OUTPUT_NAME]
-        probs: np.ndarray = result.numpy()
+        probs: np.ndarray = self._call(self._tf.constant(images)).numpy()
         return probs
 
     def close(self) -> None:
         """Drop the graph and variables so their memory can be released."""
+        self._call = None
         self._fn = None
         self._loaded = None
         gc.collect()

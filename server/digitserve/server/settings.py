@@ -100,6 +100,14 @@ class ServerSettings(BaseSettings):
         ge=1,
         description="Model runner threads per model version.",
     )
+    tf_intra_op_threads: int = Field(
+        default_factory=lambda: max(1, (os.cpu_count() or 1) - 1),
+        ge=1,
+        description="TensorFlow threads within one op; leave a core for the event loop.",
+    )
+    tf_inter_op_threads: int = Field(
+        1, ge=1, description="TensorFlow threads running independent ops in parallel."
+    )
     preprocess_threads: int = Field(2, ge=1, description="Threads decoding PNG/JPEG images.")
 
     # Lifecycle
