@@ -26,9 +26,11 @@ COPY protos ./protos
 COPY client ./client
 COPY server ./server
 COPY trainer ./trainer
-# Every dependency has a manylinux wheel: nothing is compiled here either.
+# Every dependency has a manylinux wheel: nothing is compiled here either. The
+# environment's own pip goes once the install is done: the final image installs nothing.
 RUN "$VIRTUAL_ENV/bin/pip" install --only-binary=:all: --no-binary=digitserve ".[server]" \
- && "$VIRTUAL_ENV/bin/digitserve-server" --help > /dev/null
+ && "$VIRTUAL_ENV/bin/digitserve-server" --help > /dev/null \
+ && "$VIRTUAL_ENV/bin/python" -m pip uninstall --yes --quiet pip
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG VERSION=0.1.0

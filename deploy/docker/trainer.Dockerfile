@@ -25,9 +25,11 @@ COPY protos ./protos
 COPY client ./client
 COPY server ./server
 COPY trainer ./trainer
+# Wheels only (nothing compiled); the environment's own pip goes once the install is done.
 RUN "$VIRTUAL_ENV/bin/pip" install --only-binary=:all: --no-binary=digitserve ".[train]" \
  && "$VIRTUAL_ENV/bin/digitserve-train" --help > /dev/null \
- && "$VIRTUAL_ENV/bin/digitserve-model" --help > /dev/null
+ && "$VIRTUAL_ENV/bin/digitserve-model" --help > /dev/null \
+ && "$VIRTUAL_ENV/bin/python" -m pip uninstall --yes --quiet pip
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG VERSION=0.1.0
