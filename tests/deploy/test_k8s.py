@@ -395,11 +395,13 @@ def test_server_configmap_is_valid_and_sets_connection_age(
     assert "DIGITSERVE_MAX_CONNECTION_AGE_SECONDS" in env
     assert settings.max_connection_age_seconds is not None
     assert settings.max_connection_age_seconds <= 600
-    # The default batch_threads comes from os.cpu_count(), the node's cores in a
-    # container: it must be set, and fit in the CPU limit.
-    assert "DIGITSERVE_BATCH_THREADS" in env
+    # These defaults come from os.cpu_count(), the node's cores in a container: they
+    # must be set, and fit in the CPU limit (TensorFlow leaving a core to the event loop).
+    for key in ("BATCH_THREADS", "TF_INTRA_OP_THREADS", "TF_INTER_OP_THREADS"):
+        assert PREFIX + key in env
     cpu_limit = cpu_cores(server["resources"]["limits"]["cpu"])
     assert settings.batch_threads <= max(1, cpu_limit)
+    assert settings.tf_intra_op_threads <= max(1, cpu_limit - 1)
     assert settings.log_format in ("text", "json")
 
 
