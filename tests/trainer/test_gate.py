@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from digitserve.server import repository
 from digitserve.trainer.cli import EXIT_GATE, main
 from digitserve.trainer.gate import GateDecision, check_quality
-from digitserve.trainer.settings import TrainSettings
 
 MODEL = "mnist"
 
@@ -70,7 +68,6 @@ def test_unverifiable_stable_version_fails_closed(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_to_publish_below_min_accuracy(
-    make_settings: Callable[..., TrainSettings],
     mnist_dir: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -90,3 +87,24 @@ def test_cli_refuses_to_publish_below_min_accuracy(
     assert repository.list_versions(tmp_path, MODEL) == []
     assert [p.name for p in (tmp_path / MODEL).iterdir()] == []  # no staging left behind
     assert "published" not in capsys.readouterr().out
+
+
+def test_cli_refuses_to_publish_a_regression_against_stable(
+    mnist_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    stable = publish_fake(tmp_path, 0.999)
+    repository.write_labels(tmp_path, MODEL, {"stable": stable})
+    code = main(
+        [
+            "--data-dir", str(mnist_dir),
+            "--model-repo", str(tmp_path),
+            "--architecture", "dense128",
+            "--epochs", "1",
+            "--train-limit", "1000",
+            "--no-report",
+            "--min-accuracy", "0",
+        ]
+    )  # fmt: skip
+    assert code == EXIT_GATE
+    assert repository.list_versions(tmp_path, MODEL) == [stable]
+    assert "regression vs stable version 1 (99.9000%)" in caplog.text

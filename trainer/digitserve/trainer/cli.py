@@ -36,7 +36,8 @@ def _configure_logging(level: str) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    if not root.handlers:  # a host that configured logging already (pytest) keeps its own
+        root.addHandler(handler)
     root.setLevel(level)
     # TensorFlow logs routine INFO lines (assets written, renamed inputs) through its own
     # handler as well as the root one; keep its warnings only, unless debugging.
