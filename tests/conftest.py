@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from digitserve.server.app import DigitServer, create_server
 from digitserve.server.settings import ServerSettings
 
@@ -49,8 +48,9 @@ def train_small(repo: Path, mnist_dir: Path, *, seed: int = 1, **overrides: Any)
 
     values: dict[str, Any] = {
         "architecture": "dense128",
-        "epochs": 2,
-        "train_limit": 8000,
+        "epochs": 3,
+        "learning_rate": 3e-3,
+        "train_limit": 10000,
         "min_accuracy": 0.0,
         "max_regression": 1.0,
         "progress": "off",

@@ -210,14 +210,14 @@ def json_entries(text: str) -> list[dict[str, Any]]:
 def test_formatter_keeps_each_record_on_one_line(capsys: Any) -> None:
     log = logging.getLogger("digitserve.test")
     with json_logging():
-        token = logs.request_id.set("rid-unit")
+        token = logs.current_request.set(logs.RequestContext("rid-unit"))
         try:
             try:
                 raise ValueError("line one\nline two")
             except ValueError:
                 log.exception("failed:\n%s", "détails", extra={"images": 3})
         finally:
-            logs.request_id.reset(token)
+            logs.current_request.reset(token)
         log.warning("outside any request")
         log.debug("below the level")
     first, second = json_entries(capsys.readouterr().err)

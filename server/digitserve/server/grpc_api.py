@@ -24,7 +24,7 @@ from digitserve.v1 import digitserve_pb2_grpc as pb_grpc
 from google.protobuf import timestamp_pb2
 
 from .errors import InvalidInput, ServingError
-from .metrics import note_model
+from .logs import note_model
 from .service import ClassifierService, ImageInput, Selector
 from .versions import ModelVersion, State
 
@@ -141,12 +141,14 @@ class DigitClassifierServicer(pb_grpc.DigitClassifierServicer):
         self,
         request_iterator: AsyncIterator[pb.ClassifyStreamRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.ClassifyStreamResponse]:
+    ) -> None:
+        # A coroutine writing with context.write (not an async generator): each
+        # answer then passes through one layer, not one per wrapper.
         stream = _Stream(self._service, self._max_in_flight, _deadline(context))
         reader = asyncio.create_task(stream.read(request_iterator))
         try:
             async for response in stream.responses():
-                yield response
+                await context.write(response)
             await reader  # re-raise a reader failure, if any
         finally:
             reader.cancel()

@@ -7,10 +7,38 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
-# The id of the request being served on this task, if any (from x-request-id).
-request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+@dataclass(slots=True)
+class RequestContext:
+    """The request being served: its id, and the model version that answers it."""
+
+    request_id: str
+    model: str = ""
+    version: str = ""
+
+
+# Set for the length of each RPC by the server's interceptor.
+current_request: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "current_request", default=None
+)
+
+
+def note_model(model: str) -> None:
+    """Record which model the current request asked for (logs and metrics labels)."""
+    ctx = current_request.get()
+    if ctx is not None:
+        ctx.model = model
+
+
+def note_version(model: str, version: int) -> None:
+    """Record which version answers the current request (logs and metrics labels)."""
+    ctx = current_request.get()
+    if ctx is not None:
+        ctx.model, ctx.version = model, str(version)
+
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -18,7 +46,8 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
-            record.request_id = request_id.get()
+            ctx = current_request.get()
+            record.request_id = ctx.request_id if ctx is not None else None
         return True
 
 
@@ -61,3 +90,4 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)

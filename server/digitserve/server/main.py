@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from pydantic import ValidationError
@@ -15,6 +16,8 @@ from .settings import parse_settings
 
 
 def main(argv: list[str] | None = None) -> int:
+    # TensorFlow's C++ start-up notices bypass logging; keep its warnings and errors.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         settings = parse_settings(sys.argv[1:] if argv is None else argv)
     except (ValidationError, SettingsError, ValueError) as exc:

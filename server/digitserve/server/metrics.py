@@ -13,17 +13,16 @@ hook is a no-op and no interceptor runs, so the cost of metrics can be measured.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import contextvars
 import importlib.metadata
 import logging
+import os
 import platform
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +42,6 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from . import logs
-from .errors import ModelNotFound
 
 if TYPE_CHECKING:
     from .batching import BatchObserver
@@ -64,33 +62,11 @@ CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID = 128
 SERVICE_PREFIX = "/digitserve.v1.DigitClassifier/"
-
-
-@dataclass
-class RequestInfo:
-    """Filled in by the handler so the interceptor can label the request."""
-
-    model: str = ""
-    version: str = ""
-
-
-current_request: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar(
-    "current_request", default=None
-)
-
-
-def note_model(model: str) -> None:
-    """Record which model the current request asked for (for its metrics labels)."""
-    info = current_request.get()
-    if info is not None:
-        info.model = model
-
-
-def note_version(model: str, version: int) -> None:
-    """Record which version answers the current request (for its metrics labels)."""
-    info = current_request.get()
-    if info is not None:
-        info.model, info.version = model, str(version)
+# Status codes whose request series exist from the start (see Metrics._zero_series).
+ERROR_CODES = (
+    "INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE", "RESOURCE_EXHAUSTED",
+    "DEADLINE_EXCEEDED", "CANCELLED", "INTERNAL",
+)  # fmt: skip
 
 
 class BulkHistogram(Collector):
@@ -223,6 +199,7 @@ class _BatchMetrics:
         self._padding = metrics.padding.labels(*labels)
         self._depth = metrics.queue_depth.labels(*labels)
         self._failed = metrics.batch_failures.labels(*labels)
+        metrics.queue_capacity.labels(*labels).set(metrics._queue_capacity)
         self._rejections = metrics.rejections
         self._model = model
 
@@ -268,6 +245,9 @@ class Metrics:
         self._port_setting = settings.metrics_port
         self._host = settings.metrics_host
         self._low_confidence = settings.low_confidence_threshold
+        self._queue_capacity = settings.max_queued_items
+        self._interceptor: RequestInterceptor | None = None
+        self._models_seen: set[str] = set()
         self.registry = CollectorRegistry()
         self.port: int | None = None
         self._http: Any = None
@@ -360,6 +340,12 @@ class Metrics:
             ["model", "version"],
             registry=reg,
         )
+        self.queue_capacity = Gauge(
+            "digitserve_queue_capacity_images",
+            "Images that may wait in the batch queue before new work is rejected.",
+            ["model", "version"],
+            registry=reg,
+        )
         self.rejections = Counter(
             "digitserve_rejections",
             "Images or requests refused, by reason "
@@ -438,19 +424,47 @@ class Metrics:
         manager = self._versions.manager
         if not name or manager is None:
             return name
-        try:
-            manager.snapshot(name)
-        except ModelNotFound:
-            return ""
-        return name
+        return name if manager.knows(name) else ""
 
     # -- version observer -----------------------------------------------------------
 
     def version_state(self, model: str, version: int, state: State | None) -> None:
-        if state is None and self.enabled:
-            labels = (model, str(version))
-            self.confidence.remove(labels)
-            self._prediction_children.pop((model, version), None)
+        if not self.enabled:
+            return
+        if model not in self._models_seen:
+            self._models_seen.add(model)
+            self._zero_series(model)
+        if state is None:
+            self._remove_version_series(model, str(version))
+
+    def _zero_series(self, model: str) -> None:
+        """Create a model's error series at 0, so a first failure shows in rate()."""
+        for reason in ("manifest", "checksum", "signature", "load_error"):
+            self.load_failures.labels(model, reason)
+        for reason in ("queue_full", "deadline", "cancelled", "invalid_input"):
+            self.rejections.labels(model, reason)
+        for rpc in ("Classify", "ClassifyStream"):
+            for code in ERROR_CODES:
+                self.requests.labels(rpc, code, model, "")
+
+    def _remove_version_series(self, model: str, version: str) -> None:
+        """An unloaded version's series go, so reloads do not pile them up."""
+        for metric in (
+            self.queue_wait, self.compute, self.batch_size, self.padding,
+            self.batch_failures, self.queue_depth, self.queue_capacity,
+            self.images, self.low_confidence,
+        ):  # fmt: skip
+            with contextlib.suppress(KeyError):
+                metric.remove(model, version)
+        for digit in range(10):
+            with contextlib.suppress(KeyError):
+                self.predicted.remove(model, version, str(digit))
+        with contextlib.suppress(KeyError):
+            self.stream_items.remove("OK", model, version)
+        self.confidence.remove((model, version))
+        self._prediction_children.pop((model, int(version)), None)
+        if self._interceptor is not None:
+            self._interceptor.forget(model, version)
 
     def load_finished(self, model: str, version: int, seconds: float) -> None:
         if self.enabled:
@@ -493,7 +507,7 @@ class Metrics:
                 if count:
                     digits[digit].inc(int(count))
         self.confidence.observe_many(labels, confidence)
-        note_version(model, version)
+        logs.note_version(model, version)
 
     def item_failed(self, model: str, code: str) -> None:
         if self.enabled:
@@ -507,15 +521,17 @@ class Metrics:
 
     # -- gRPC interceptor ---------------------------------------------------------------
 
-    def interceptor(self) -> grpc.aio.ServerInterceptor:
-        return _Interceptor(self)
+    def interceptor(self) -> RequestInterceptor:
+        if self._interceptor is None:
+            self._interceptor = RequestInterceptor(self)
+        return self._interceptor
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID:
             return value
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def _final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
@@ -524,17 +540,20 @@ def _final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) ->
         return code.name
     if exc is None:
         return "OK"
-    if isinstance(exc, BaseException) and type(exc).__name__ == "CancelledError":
+    if isinstance(exc, asyncio.CancelledError):
         remaining = context.time_remaining()
         return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
     return "UNKNOWN"
 
 
-class _Interceptor(grpc.aio.ServerInterceptor):
-    """Times and counts digitserve RPCs and gives each a request id."""
+class RequestInterceptor(grpc.aio.ServerInterceptor):
+    """Gives every digitserve RPC a request id (echoed in trailing metadata) and,
+    with metrics on, counts and times it. Handlers are coroutines, so one extra
+    coroutine frame per call is all it adds.
+    """
 
     def __init__(self, metrics: Metrics) -> None:
-        self._m = metrics
+        self._m = metrics if metrics.enabled else None
         # Label lookups cost more than the updates: cache the children.
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -544,6 +563,15 @@ class _Interceptor(grpc.aio.ServerInterceptor):
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
+
+    def forget(self, model: str, version: str) -> None:
+        """Drop an unloaded version's request series and their cached children."""
+        m = self._m
+        for key in [k for k in self._children if k[-2:] == (model, version)]:
+            del self._children[key]
+            if m is not None and key[0] == str(id(m.requests)):
+                with contextlib.suppress(KeyError):
+                    m.requests.remove(*key[1:])
 
     async def intercept_service(
         self,
@@ -556,34 +584,41 @@ class _Interceptor(grpc.aio.ServerInterceptor):
             return handler
         rpc = method[len(SERVICE_PREFIX) :]
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._unary(rpc, handler.unary_unary))
+            return handler._replace(unary_unary=self._wrap(rpc, handler.unary_unary))
         if handler.stream_stream is not None:
-            return handler._replace(stream_stream=self._stream(rpc, handler.stream_stream))
+            return handler._replace(stream_stream=self._wrap(rpc, handler.stream_stream))
         return handler
 
-    def _begin(self, rpc: str, context: grpc.aio.ServicerContext) -> tuple[Any, ...]:
-        rid = _request_id(context)
-        context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
-        info = RequestInfo()
-        tokens = (logs.request_id.set(rid), current_request.set(info))
-        self._child(self._m.inflight, rpc).inc()
-        return info, tokens, time.perf_counter()
+    def _wrap(self, rpc: str, behavior: Any) -> Any:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            ctx = logs.RequestContext(_request_id(context))
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, ctx.request_id),))
+            logs.current_request.set(ctx)  # this task serves only this RPC
+            m = self._m
+            if m is None:
+                return await behavior(request, context)
+            inflight = self._child(m.inflight, rpc)
+            inflight.inc()
+            started = time.perf_counter()
+            exc: BaseException | None = None
+            try:
+                return await behavior(request, context)
+            except BaseException as e:
+                exc = e
+                raise
+            finally:
+                inflight.dec()
+                self._finish(m, rpc, ctx, _final_code(context, exc), started)
 
-    def _end(
-        self,
-        rpc: str,
-        context: grpc.aio.ServicerContext,
-        state: tuple[Any, ...],
-        exc: BaseException | None,
+        return wrapper
+
+    def _finish(
+        self, m: Metrics, rpc: str, ctx: logs.RequestContext, code: str, started: float
     ) -> None:
-        info, tokens, started = state
-        m = self._m
-        self._child(m.inflight, rpc).dec()
-        code = _final_code(context, exc)
         elapsed = time.perf_counter() - started
         # A version answered: the model exists. Otherwise the name may be made up.
-        model = info.model if info.version else m.model_label(info.model)
-        self._child(m.requests, rpc, code, model, info.version).inc()
+        model = ctx.model if ctx.version else m.model_label(ctx.model)
+        self._child(m.requests, rpc, code, model, ctx.version).inc()
         self._child(m.latency, rpc, model).observe(elapsed)
         if code == "INVALID_ARGUMENT":
             m.rejections.labels(model, "invalid_input").inc()
@@ -593,37 +628,5 @@ class _Interceptor(grpc.aio.ServerInterceptor):
                 rpc,
                 code,
                 elapsed * 1000,
-                extra={"rpc": rpc, "code": code, "model": model, "version": info.version},
+                extra={"rpc": rpc, "code": code, "model": model, "version": ctx.version},
             )
-        with contextlib.suppress(ValueError):  # generator closed in another context
-            current_request.reset(tokens[1])
-            logs.request_id.reset(tokens[0])
-
-    def _unary(self, rpc: str, behavior: Any) -> Any:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            state = self._begin(rpc, context)
-            exc: BaseException | None = None
-            try:
-                return await behavior(request, context)
-            except BaseException as e:
-                exc = e
-                raise
-            finally:
-                self._end(rpc, context, state, exc)
-
-        return wrapper
-
-    def _stream(self, rpc: str, behavior: Any) -> Any:
-        async def wrapper(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-            state = self._begin(rpc, context)
-            exc: BaseException | None = None
-            try:
-                async for response in behavior(request_iterator, context):
-                    yield response
-            except BaseException as e:
-                exc = e
-                raise
-            finally:
-                self._end(rpc, context, state, exc)
-
-        return wrapper

@@ -253,6 +253,10 @@ class ModelManager:
         finally:
             self.release(v)
 
+    def knows(self, name: str) -> bool:
+        """Whether the repository has a model of that name."""
+        return name in self._models
+
     def is_serving(self, name: str) -> bool:
         model = self._models.get(name)
         return model is not None and model.default() is not None
