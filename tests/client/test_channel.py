@@ -178,3 +178,8 @@ def test_an_empty_target_is_rejected() -> None:
 def test_grpc_accepts_the_options_and_a_multi_address_target() -> None:
     channel = create_channel(["127.0.0.1:1", "127.0.0.1:2"])
     channel.close()
+
+
+def test_client_side_health_checking_is_on_by_default_and_can_be_turned_off() -> None:
+    assert parsed_service_config()["healthCheckConfig"] == {"serviceName": ""}
+    assert "healthCheckConfig" not in parsed_service_config(ChannelSettings(health_check=False))

@@ -130,3 +130,21 @@ def test_cli(shared_server: ServerThread, mnist_test, reference, tmp_path, capsy
     assert json.loads(capsys.readouterr().out)[0]["name"] == MODEL
     assert cli([*target, "classify", "--model", "ghost", files[0]]) != 0
     assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_replica_that_is_not_serving_gets_no_calls_but_reports_its_state(
+    tmp_path, start_server
+) -> None:
+    from digitserve.client import Unavailable
+
+    from ..conftest import server_settings
+
+    empty = tmp_path / "repo"
+    (empty / MODEL).mkdir(parents=True)
+    server = start_server(server_settings(empty), wait_serving=False)
+    with DigitClient(server.target, timeout=3) as client:
+        assert client.health() == "NOT_SERVING"
+        (model,) = client.status()
+        assert model.name == MODEL and model.versions == ()
+        with pytest.raises(Unavailable):
+            client.classify(np.zeros((28, 28), np.uint8))

@@ -6,7 +6,7 @@ import asyncio
 import os
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Sequence
 from contextlib import aclosing, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, overload
 
@@ -74,6 +74,7 @@ class AsyncDigitClient:
         self._channel_settings = channel_settings
         self._credentials = credentials
         self._connection: _Connection | None = None
+        self._inspection: _Connection | None = None
         self._closed = False
 
     async def __aenter__(self) -> Self:
@@ -91,22 +92,32 @@ class AsyncDigitClient:
     async def close(self) -> None:
         """Closes the channel; calls still running are cancelled."""
         self._closed = True
-        if self._connection is not None:
-            await self._connection.channel.close(grace=None)
+        for connection in (self._connection, self._inspection):
+            if connection is not None:
+                await connection.channel.close(grace=None)
 
-    def _connect(self) -> _Connection:
+    def _connect(self, *, inspect: bool = False) -> _Connection:
+        """The channel for calls; with ``inspect``, the one for status and health, which
+        skips client-side health checking so that a replica that is not SERVING can
+        still say so."""
         if self._closed:
             raise RuntimeError("the client is closed")
-        if self._connection is None:
-            channel = create_aio_channel(
-                self._target, self._channel_settings, credentials=self._credentials
-            )
-            self._connection = _Connection(
+        connection = self._inspection if inspect else self._connection
+        if connection is None:
+            settings = self._channel_settings or ChannelSettings()
+            if inspect:
+                settings = replace(settings, health_check=False)
+            channel = create_aio_channel(self._target, settings, credentials=self._credentials)
+            connection = _Connection(
                 channel=channel,
                 stub=digitserve_pb2_grpc.DigitClassifierStub(channel),
                 health=health_pb2_grpc.HealthStub(channel),
             )
-        return self._connection
+            if inspect:
+                self._inspection = connection
+            else:
+                self._connection = connection
+        return connection
 
     async def classify(
         self,
@@ -217,7 +228,7 @@ class AsyncDigitClient:
         """The status of one model, or of every model the server knows (in name order)."""
         request = digitserve_pb2.GetModelStatusRequest(name=model or "")
         response = await self._unary(
-            self._connect().stub.GetModelStatus, request, timeout, request_id
+            self._connect(inspect=True).stub.GetModelStatus, request, timeout, request_id
         )
         return models_from_response(response)
 
@@ -230,7 +241,8 @@ class AsyncDigitClient:
     ) -> str:
         """The serving status name of ``service``; see ``DigitClient.health``."""
         request = health_pb2.HealthCheckRequest(service=service)
-        response = await self._unary(self._connect().health.Check, request, timeout, request_id)
+        health = self._connect(inspect=True).health
+        response = await self._unary(health.Check, request, timeout, request_id)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     async def _unary(

@@ -109,6 +109,9 @@ class ChannelSettings:
     """Retries of UNAVAILABLE calls."""
     retry_buffer_bytes: int = 16 * MiB
     """Request bytes kept per call so it can be retried; larger requests are not retried."""
+    health_check: bool = True
+    """Send calls only to replicas whose grpc.health.v1 status is SERVING: a replica that
+    is still loading its model or draining for shutdown gets no new calls."""
 
     def __post_init__(self) -> None:
         if not self.max_message_bytes >= 1024:
@@ -173,8 +176,12 @@ def _parse_ip_address(address: str) -> tuple[ipaddress.IPv4Address | ipaddress.I
 
 
 def service_config(settings: ChannelSettings) -> dict[str, Any]:
-    """The gRPC service config: round_robin, and retries of UNAVAILABLE with backoff."""
+    """The gRPC service config: round_robin over healthy replicas, and retries of
+    UNAVAILABLE with backoff."""
     config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if settings.health_check:
+        # Client-side health checking: each subchannel watches grpc.health.v1.
+        config["healthCheckConfig"] = {"serviceName": ""}
     retry = settings.retry
     if retry.max_attempts > 1:
         config["methodConfig"] = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import closing
+from dataclasses import replace
 from types import TracebackType
 from typing import Literal, Self, TypeVar, overload
 
@@ -78,10 +79,15 @@ class DigitClient:
             max_images_per_request=max_images_per_request,
             wait_for_ready=wait_for_ready,
         )
-        self._channel = create_channel(target, channel_settings, credentials=credentials)
+        settings = channel_settings or ChannelSettings()
+        self._channel = create_channel(target, settings, credentials=credentials)
         self._closed = False
         self._stub = digitserve_pb2_grpc.DigitClassifierStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        # status() and health() must reach a replica that is not SERVING too (to say
+        # so): they use a second channel without client-side health checking.
+        self._inspect_args = (target, replace(settings, health_check=False), credentials)
+        self._inspect_channel: grpc.Channel | None = None
+        self._inspect_lock = threading.Lock()
 
     def __enter__(self) -> Self:
         return self
@@ -98,6 +104,15 @@ class DigitClient:
         """Closes the channel; calls still running are cancelled."""
         self._closed = True
         self._channel.close()
+        if self._inspect_channel is not None:
+            self._inspect_channel.close()
+
+    def _inspector(self) -> grpc.Channel:
+        with self._inspect_lock:
+            if self._inspect_channel is None:
+                target, settings, credentials = self._inspect_args
+                self._inspect_channel = create_channel(target, settings, credentials=credentials)
+            return self._inspect_channel
 
     def _check_open(self) -> None:
         if self._closed:
@@ -230,7 +245,8 @@ class DigitClient:
     ) -> list[ModelStatus]:
         """The status of one model, or of every model the server knows (in name order)."""
         request = digitserve_pb2.GetModelStatusRequest(name=model or "")
-        response = self._unary(self._stub.GetModelStatus, request, timeout, request_id)
+        stub = digitserve_pb2_grpc.DigitClassifierStub(self._inspector())
+        response = self._unary(stub.GetModelStatus, request, timeout, request_id)
         return models_from_response(response)
 
     def health(
@@ -246,7 +262,8 @@ class DigitClient:
         "UNKNOWN". A service the server does not know raises ``NotFound``.
         """
         request = health_pb2.HealthCheckRequest(service=service)
-        response = self._unary(self._health.Check, request, timeout, request_id)
+        health = health_pb2_grpc.HealthStub(self._inspector())
+        response = self._unary(health.Check, request, timeout, request_id)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     def _classify(
