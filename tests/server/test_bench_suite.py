@@ -53,6 +53,7 @@ RESULTS: dict[str, Any] = {
             "unary-c64": level(1000),
             "stream-c4": {"error": "digitserve-bench exited with 1: boom"},
         },
+        "no-metrics": {"unary-c1": level(520, p50=1.65), "unary-c64": level(4300)},
     },
 }
 
@@ -74,6 +75,8 @@ def test_targets_are_computed_from_the_figures_of_one_run() -> None:
     assert checks["multi-image calls"].measured == 9600 and checks["multi-image calls"].passed
     gain = checks["batching gain"]
     assert gain.target == pytest.approx(3000) and gain.passed is True
+    cost = checks["metrics cost"]
+    assert cost.target == pytest.approx(1.05 * 1.65) and cost.passed is True
 
 
 def test_the_lower_bound_wins_for_single_image_load() -> None:
@@ -101,10 +104,10 @@ def test_the_markdown_report_has_every_table() -> None:
     targets = [line for line in text.splitlines() if line.endswith("|") and "x raw" in line]
     assert len(targets) == 3  # single-image load, stream and multi-image targets
     verdicts = [line.split("|")[5].strip() for line in text.splitlines() if "| <= " in line]
-    assert verdicts == ["PASS"]  # the idle-latency check
-    assert text.count("| PASS |") == 4 and text.count("| FAIL |") == 1
+    assert verdicts == ["PASS", "PASS"]  # the idle-latency and metrics-cost checks
+    assert text.count("| PASS |") == 5 and text.count("| FAIL |") == 1
     server_rows = [line for line in text.splitlines() if line.startswith("| unary-c64:")]
-    assert len(server_rows) == 3  # echo, batching, no-batching
+    assert len(server_rows) == 4  # echo, batching, no-batching, no-metrics
     assert "| 4,200.0 | 4,200.0 |" in server_rows[1]
     assert "error: digitserve-bench exited with 1: boom" in text
     assert "| 128 | 10,000.0 | 12.800 | 15.000 |" in text

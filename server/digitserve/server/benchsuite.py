@@ -97,6 +97,8 @@ class ServerConfig:
     kind: Literal["echo", "digitserve"]
     server_args: tuple[str, ...] = ()
     """``digitserve-server`` flags beyond the address, repository and model."""
+    scenarios: tuple[str, ...] | None = None
+    """Only these scenarios (``None``: all of them)."""
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -118,6 +120,14 @@ SERVERS: tuple[ServerConfig, ...] = (
     ServerConfig("echo", "echo (protocol limit)", "echo"),
     ServerConfig("batching", "digitserve", "digitserve"),
     ServerConfig("no-batching", "digitserve --no-batching", "digitserve", ("--no-batching",)),
+    # The cost of metrics: the same server with no instrumentation at all.
+    ServerConfig(
+        "no-metrics",
+        "digitserve --no-metrics-enabled",
+        "digitserve",
+        ("--no-metrics-enabled",),
+        scenarios=("unary-c1", "unary-c64"),
+    ),
 )
 
 # The rows the checks compare.
@@ -128,6 +138,7 @@ STREAM = "stream-c4"
 ECHO = "echo"
 DIGITSERVE = "batching"
 UNBATCHED = "no-batching"
+UNMETERED = "no-metrics"
 
 
 @dataclass(frozen=True)
@@ -286,6 +297,14 @@ def evaluate(results: Mapping[str, Any]) -> list[Check]:
             "images/s",
             higher_is_better=True,
             basis=f"3 x batching off ({UNBATCHED} {UNARY_LOAD})",
+        ),
+        Check(
+            f"metrics cost: digitserve {IDLE} p50",
+            _figure(results, DIGITSERVE, IDLE, "p50"),
+            _product(1.05, _figure(results, UNMETERED, IDLE, "p50")),
+            "ms",
+            higher_is_better=False,
+            basis=f"1.05 x metrics off ({UNMETERED} {IDLE} p50)",
         ),
     ]
 
@@ -635,13 +654,16 @@ def run_suite(settings: SuiteSettings, say: Callable[[str], None]) -> dict[str, 
                 for scenario in SCENARIOS:
                     if scenario.name not in settings.scenarios:
                         continue
+                    if config.scenarios is not None and scenario.name not in config.scenarios:
+                        continue
                     say(f"{config.name}: {scenario.name} ({scenario.title})")
                     result = run_bench(f"127.0.0.1:{port}", scenario, settings, settings.data_dir)
                     per_server[scenario.name] = result
             except RuntimeError as exc:
                 say(f"{config.name}: {exc}")
                 for scenario in SCENARIOS:
-                    per_server.setdefault(scenario.name, {"error": str(exc)})
+                    if config.scenarios is None or scenario.name in config.scenarios:
+                        per_server.setdefault(scenario.name, {"error": str(exc)})
             finally:
                 server.stop()
     results["environment"] = {
