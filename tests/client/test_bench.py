@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from digitserve.client import bench
 
 from ..conftest import ServerThread

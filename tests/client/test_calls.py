@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from digitserve.client.calls import (
     REQUEST_ID_KEY,
     CallDefaults,

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from digitserve.client import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ChannelSettings,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from digitserve.client.cli import CliSettings, build_parser, main
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+
 from digitserve.client import (
     AsyncDigitClient,
     ChannelSettings,

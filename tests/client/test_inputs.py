@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image as PILImage
+
 from digitserve.client import to_image
 from digitserve.v1 import digitserve_pb2
-from PIL import Image as PILImage
 
 
 def digit_pixels() -> np.ndarray:

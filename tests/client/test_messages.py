@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from digitserve.client.messages import chunked, classify_request, model_selector, stream_request
 from digitserve.v1 import digitserve_pb2
 

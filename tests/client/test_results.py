@@ -6,6 +6,7 @@ import dataclasses
 
 import grpc
 import pytest
+
 from digitserve.client import InvalidArgument, ItemError, ItemResult, NotFound, Prediction
 from digitserve.client.errors import ProtocolError
 from digitserve.client.results import item_result_from_proto, predictions_from_response

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from digitserve.client import VersionState
 from digitserve.client.status import models_from_response
 from digitserve.v1 import digitserve_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 
 TRAINED_AT = dt.datetime(2026, 11, 24, 5, 4, 22, 500000, tzinfo=dt.UTC)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from digitserve.client import ItemResult
 from digitserve.client.errors import ProtocolError
 from digitserve.client.streaming import ResultOrder

@@ -51,10 +51,11 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic_settings import CliApp
+
 from digitserve.server.metrics import Metrics
 from digitserve.server.settings import ServerSettings, parse_settings
 from digitserve.trainer.settings import TrainSettings
-from pydantic_settings import CliApp
 
 from ..conftest import REPO_ROOT
 

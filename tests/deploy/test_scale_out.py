@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from digitserve.client import DigitClient, DigitServeError, VersionState
 from digitserve.server import repository
-from prometheus_client.parser import text_string_to_metric_families
 
 from ..conftest import MODEL
 

@@ -43,8 +43,8 @@ def test_contract_documents_every_field() -> None:
             and "=" in stripped
             and not stripped.startswith(("//", "option", "syntax", "package", "import", "reserved"))
         )
-        if is_field and not lines[index - 1].strip().startswith("//"):
-            # enum zero values are self-describing
-            if not stripped.split()[0].endswith("_UNSPECIFIED"):
-                undocumented.append(stripped)
+        documented = lines[index - 1].strip().startswith("//")
+        # enum zero values are self-describing
+        if is_field and not documented and not stripped.split()[0].endswith("_UNSPECIFIED"):
+            undocumented.append(stripped)
     assert undocumented == []

@@ -9,13 +9,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from PIL import Image
+
 from digitserve.server import repository
 from digitserve.server.model import SavedModelRunner
 from digitserve.v1 import digitserve_pb2 as pb
 from digitserve.v1 import digitserve_pb2_grpc as pb_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from PIL import Image
 
 from ..conftest import MODEL, ServerThread, server_settings
 

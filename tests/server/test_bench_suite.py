@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+
 from digitserve.client import AsyncDigitClient
 from digitserve.server import benchsuite
 from digitserve.v1 import digitserve_pb2_grpc as pb_grpc

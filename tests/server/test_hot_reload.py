@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+
 from digitserve.server import repository
 from digitserve.v1 import digitserve_pb2 as pb
 from digitserve.v1 import digitserve_pb2_grpc as pb_grpc

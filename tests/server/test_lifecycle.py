@@ -15,10 +15,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from digitserve.v1 import digitserve_pb2 as pb
-from digitserve.v1 import digitserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
+
+from digitserve.v1 import digitserve_pb2 as pb
+from digitserve.v1 import digitserve_pb2_grpc as pb_grpc
 
 from ..conftest import MODEL
 

@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+
 from digitserve.server import logs, repository
 from digitserve.server.app import create_server
 from digitserve.server.model import SavedModelRunner

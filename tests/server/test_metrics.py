@@ -29,6 +29,7 @@ import grpc
 import numpy as np
 import pytest
 import yaml
+
 from digitserve.v1 import digitserve_pb2 as pb
 from digitserve.v1 import digitserve_pb2_grpc as pb_grpc
 

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from digitserve.server import repository
 from digitserve.server.model_cli import main as model_cli
 

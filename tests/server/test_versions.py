@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
+
 from digitserve.server import repository
 from digitserve.server.batching import BatchingConfig
 from digitserve.server.errors import ModelNotFound, ModelUnavailable
@@ -19,7 +21,7 @@ MODEL = "m"
 class FakeRunner:
     """Answers with the version number as the predicted digit; reads behaviour from files."""
 
-    loaded: list[Path] = []
+    loaded: ClassVar[list[Path]] = []
 
     def __init__(self, path: Path) -> None:
         if (path / "broken").exists():

@@ -12,6 +12,8 @@ from typing import Any, Literal, Self, TypeVar, overload
 
 import grpc
 import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from digitserve.client.calls import (
     DEFAULT_MAX_IMAGES_PER_REQUEST,
     DEFAULT_STREAM_TIMEOUT,
@@ -36,7 +38,6 @@ from digitserve.client.status import ModelStatus, models_from_response
 from digitserve.client.streaming import ResultOrder
 from digitserve.client.sync_client import DEFAULT_WINDOW
 from digitserve.v1 import digitserve_pb2, digitserve_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 __all__ = ["AsyncDigitClient"]
 

@@ -73,6 +73,7 @@ from typing import Any, TextIO
 import grpc
 import grpc.aio
 import numpy as np
+
 from digitserve.client.channel import ChannelSettings, RetryPolicy, create_aio_channel
 from digitserve.client.messages import model_selector
 from digitserve.v1 import digitserve_pb2

@@ -21,8 +21,9 @@ import os
 from typing import TypeAlias
 
 import numpy as np
-from digitserve.v1 import digitserve_pb2
 from PIL import Image as PILImage
+
+from digitserve.v1 import digitserve_pb2
 
 __all__ = [
     "MNIST_SIDE",

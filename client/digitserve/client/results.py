@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
+
 from digitserve.client.errors import (
     DigitServeError,
     ProtocolError,

@@ -10,6 +10,8 @@ from types import TracebackType
 from typing import Literal, Self, TypeVar, overload
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from digitserve.client.calls import (
     DEFAULT_MAX_IMAGES_PER_REQUEST,
     DEFAULT_STREAM_TIMEOUT,
@@ -33,7 +35,6 @@ from digitserve.client.results import (
 from digitserve.client.status import ModelStatus, models_from_response
 from digitserve.client.streaming import ResultOrder
 from digitserve.v1 import digitserve_pb2, digitserve_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 __all__ = ["DEFAULT_WINDOW", "DigitClient"]
 

@@ -8,10 +8,11 @@ import logging
 import signal
 
 import grpc
-from digitserve.v1 import digitserve_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+
+from digitserve.v1 import digitserve_pb2_grpc as pb_grpc
 
 from .grpc_api import SERVICE_NAME, DigitClassifierServicer
 from .metrics import Metrics

@@ -52,6 +52,7 @@ from typing import Any, Literal
 
 import grpc
 import numpy as np
+
 from digitserve.v1 import digitserve_pb2 as pb
 from digitserve.v1 import digitserve_pb2_grpc as pb_grpc
 

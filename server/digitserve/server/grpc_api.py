@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf import timestamp_pb2
+
 from digitserve.v1 import digitserve_pb2 as pb
 from digitserve.v1 import digitserve_pb2_grpc as pb_grpc
-from google.protobuf import timestamp_pb2
 
 from .errors import InvalidInput, ServingError
 from .logs import note_model
@@ -137,7 +138,7 @@ class DigitClassifierServicer(pb_grpc.DigitClassifierServicer):
             _fill(response.predictions.add(), row)
         return response
 
-    async def ClassifyStream(
+    async def ClassifyStream(  # type: ignore[override]  # writes with context.write
         self,
         request_iterator: AsyncIterator[pb.ClassifyStreamRequest],
         context: grpc.aio.ServicerContext,

@@ -583,10 +583,12 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not method.startswith(SERVICE_PREFIX):
             return handler
         rpc = method[len(SERVICE_PREFIX) :]
+        # grpc's method handlers are namedtuples: swap in the wrapped behaviour.
+        swap: Any = handler
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._wrap(rpc, handler.unary_unary))
+            return swap._replace(unary_unary=self._wrap(rpc, handler.unary_unary))
         if handler.stream_stream is not None:
-            return handler._replace(stream_stream=self._wrap(rpc, handler.stream_stream))
+            return swap._replace(stream_stream=self._wrap(rpc, handler.stream_stream))
         return handler
 
     def _wrap(self, rpc: str, behavior: Any) -> Any:

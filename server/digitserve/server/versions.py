@@ -76,7 +76,7 @@ class VersionPolicy:
             return set(versions)
         if self.kind == "latest":
             return set(sorted(versions)[-self.count :])
-        return self.versions & set(versions)
+        return set(self.versions) & set(versions)
 
     def __str__(self) -> str:
         if self.kind == "latest":
