@@ -764,7 +764,9 @@ def _stream_method(channel: grpc.aio.Channel) -> StreamMethod:
 
 def _channel_settings() -> ChannelSettings:
     """The SDK's channel configuration with retries off: every failure is counted."""
-    return ChannelSettings(retry=RetryPolicy(max_attempts=1))
+    # No retries and no health watching: every failure counts, and a server without
+    # grpc.health.v1 (the echo server) is measured the same way.
+    return ChannelSettings(retry=RetryPolicy(max_attempts=1), health_check=False)
 
 
 async def run_level(
