@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from digitserve.trainer.settings import TrainSettings
 from digitserve.trainer.train import TrainResult, run
 

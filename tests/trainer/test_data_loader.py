@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from digitserve.trainer.data import (
     IDX_FILES,
     IMAGES_MAGIC,

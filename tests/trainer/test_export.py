@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tensorflow as tf
+
 from digitserve.server.repository import INPUT_NAME, OUTPUT_NAME, SIGNATURE_NAME
 from digitserve.trainer.train import TrainResult
 

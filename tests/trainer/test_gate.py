@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from digitserve.server import repository
 from digitserve.trainer.cli import EXIT_GATE, main
 from digitserve.trainer.gate import GateDecision, check_quality

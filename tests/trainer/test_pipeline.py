@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+
 from digitserve.trainer.pipeline import augment_batch, steps_per_epoch, training_dataset
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from digitserve.trainer.cli import EXIT_USAGE, main
 from digitserve.trainer.report import REPORT_FILES
 from digitserve.trainer.settings import TrainSettings

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from digitserve.server import repository
 from digitserve.trainer.report import REPORT_FILES
 from digitserve.trainer.settings import TrainSettings

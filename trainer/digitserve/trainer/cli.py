@@ -14,9 +14,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from digitserve.trainer.settings import ReportSettings, TrainSettings
 from pydantic import ValidationError
 from pydantic_settings import CliApp
+
+from digitserve.trainer.settings import ReportSettings, TrainSettings
 
 logger = logging.getLogger("digitserve.trainer")
 

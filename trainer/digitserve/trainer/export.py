@@ -14,6 +14,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+
 from digitserve.server.repository import (
     EXPECTED_INPUT,
     EXPECTED_OUTPUT,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from digitserve.trainer.data import NUM_CLASSES
 
 # Probabilities are clipped before the log so that one confident mistake cannot make

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
-from digitserve.trainer.data import IMAGE_SIDE, NUM_CLASSES
 from keras import layers
+
+from digitserve.trainer.data import IMAGE_SIDE, NUM_CLASSES
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,9 @@ def build_cnn() -> keras.Model:
     """Two 5x5 conv + batch-norm + max-pool blocks (32, 64 filters), then 128 dense units.
 
     28x28 -> 28x28x32 -> 14x14x32 -> 10x10x64 -> 5x5x64 -> 128 -> 10: about 260k
-    parameters and 5.9 M multiply-adds per image, cheap to serve at batch 1. Padding
-    the first convolution keeps the strokes at the border (measured: +0.06 points
-    over an unpadded first layer, for 1.5x the compute).
+    parameters and 5.9 M multiply-adds per image (0.7 ms at batch 1 on two cores).
+    Padding the first convolution keeps the strokes near the border; without it
+    (3.7 M multiply-adds) our trials stayed at 99.5% test accuracy.
     """
     images, x = _inputs()
     x = layers.Reshape((IMAGE_SIDE, IMAGE_SIDE, 1), name="channels")(x)
@@ -90,6 +91,9 @@ _MLP_RECIPES = {
     "quick": Recipe(epochs=5, batch_size=128, learning_rate=2e-3, augment=False, label_smoothing=0),
 }
 
+# Measured with seed 0 on a shared 2-core CPU (test accuracy, wall time of the whole run):
+# cnn full 99.66% in 9.5 min, cnn quick 99.31% in 72 s; dense128 98.33%, mlp 98.91%,
+# mlp-128-32 98.69%, each in about a minute.
 ARCHITECTURES: dict[str, Architecture] = {
     arch.name: arch
     for arch in (

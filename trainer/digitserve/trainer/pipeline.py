@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import tensorflow as tf
+
 from digitserve.trainer.data import IMAGE_SIDE, NUM_CLASSES
 
 # Random affine transform ranges: rotation in radians (±10°), zoom factor, shift in pixels.

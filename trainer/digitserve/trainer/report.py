@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 from digitserve.server import repository
 from digitserve.trainer.data import NUM_CLASSES, load_mnist
 from digitserve.trainer.metrics import Evaluation
 from digitserve.trainer.settings import ReportSettings
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 

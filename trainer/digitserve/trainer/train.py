@@ -20,6 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+
 from digitserve.server import repository
 from digitserve.trainer import pipeline, provenance
 from digitserve.trainer.data import MnistData, load_mnist
