@@ -1,13 +1,12 @@
-"""Fixtures for the trainer tests: the real MNIST folder, settings, and one published version.
+"""Fixtures for the trainer tests: settings for small runs, and one published version.
 
-MNIST is read through ``DIGITSERVE_DATA_DIR`` (CI sets it), else from the shared data set
-beside the checkout. Training runs use small subsets and dense models: they test the
+MNIST comes from the shared ``mnist_dir`` fixture (``DIGITSERVE_DATA_DIR``, else the data
+set beside the checkout). Training runs use small subsets and dense models: they test the
 pipeline, not the accuracy.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,6 @@ import pytest
 from digitserve.trainer.settings import TrainSettings
 from digitserve.trainer.train import TrainResult, run
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MNIST = REPO_ROOT.parent / "shared" / "datasets" / "mnist"
-
 # Small enough to train in a few seconds on two cores.
 SMALL_RUN: dict[str, Any] = {
     "architecture": "dense128",
@@ -28,13 +24,6 @@ SMALL_RUN: dict[str, Any] = {
     "min_accuracy": 0.0,
     "progress": "plain",
 }
-
-
-@pytest.fixture(scope="session")
-def mnist_dir() -> Path:
-    path = Path(os.environ.get("DIGITSERVE_DATA_DIR") or DEFAULT_MNIST)
-    assert path.is_dir(), f"MNIST not found at {path}: set DIGITSERVE_DATA_DIR"
-    return path
 
 
 SettingsFactory = Callable[..., TrainSettings]
