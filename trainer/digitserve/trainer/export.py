@@ -36,8 +36,11 @@ class _ServingModule(tf.Module):
     def __init__(self, model: keras.Model):
         super().__init__(name="digitserve")
         self.model = model
+        # No Python control flow to convert: autograph off, so tracing never re-reads
+        # this file's source (which fails if the file changed since it was imported).
         self.serve = tf.function(
             self._serve,
+            autograph=False,
             input_signature=[
                 tf.TensorSpec([None, IMAGE_SIDE, IMAGE_SIDE], tf.uint8, name=INPUT_NAME)
             ],
