@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from digitserve.server.app import DigitServer, create_server
 from digitserve.server.settings import ServerSettings
 
