@@ -30,18 +30,17 @@ import grpc
 import numpy as np
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
     Gauge,
-    Histogram,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from . import logs
+from .metric_types import FastCounter, FastGauge, FastHistogram
 
 if TYPE_CHECKING:
     from .batching import BatchObserver
@@ -67,53 +66,6 @@ ERROR_CODES = (
     "INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE", "RESOURCE_EXHAUSTED",
     "DEADLINE_EXCEEDED", "CANCELLED", "INTERNAL",
 )  # fmt: skip
-
-
-class BulkHistogram(Collector):
-    """A labelled histogram fed many observations at once through numpy."""
-
-    def __init__(
-        self, name: str, doc: str, labelnames: Sequence[str], buckets: Sequence[float]
-    ) -> None:
-        self._name, self._doc = name, doc
-        self._labelnames = tuple(labelnames)
-        self._bounds = np.asarray(buckets, dtype=np.float64)
-        self._series: dict[tuple[str, ...], list[Any]] = {}
-        self._lock = threading.Lock()
-
-    def observe_many(self, labels: tuple[str, ...], values: np.ndarray) -> None:
-        if values.size == 0:
-            return
-        counts = np.bincount(
-            np.searchsorted(self._bounds, values, side="left"),
-            minlength=len(self._bounds) + 1,
-        )
-        with self._lock:
-            series = self._series.get(labels)
-            if series is None:
-                series = self._series[labels] = [np.zeros(len(counts), np.int64), 0.0]
-            series[0] += counts
-            series[1] += float(values.sum())
-
-    def remove(self, labels: tuple[str, ...]) -> None:
-        with self._lock:
-            self._series.pop(labels, None)
-
-    def collect(self) -> Iterable[HistogramMetricFamily]:
-        family = HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
-        with self._lock:
-            items = [(k, v[0].copy(), v[1]) for k, v in self._series.items()]
-        for labels, counts, total in items:
-            cumulative = np.cumsum(counts)
-            buckets = [
-                (repr(float(b)), int(c)) for b, c in zip(self._bounds, cumulative[:-1], strict=True)
-            ]
-            buckets.append(("+Inf", int(cumulative[-1])))
-            family.add_metric(list(labels), buckets, total)
-        yield family
-
-    def describe(self) -> Iterable[HistogramMetricFamily]:
-        yield HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
 
 
 class _VersionCollector(Collector):
@@ -273,124 +225,124 @@ class Metrics:
             platform.python_version(),
         ).set(1)
 
-        self.requests = Counter(
+        self.requests = FastCounter(
             "digitserve_requests",
             "RPCs finished, by method, status code and the model version that answered.",
             ["rpc", "code", "model", "version"],
             registry=reg,
         )
-        self.latency = Histogram(
+        self.latency = FastHistogram(
             "digitserve_request_duration_seconds",
             "Time from receiving an RPC to its last response, in seconds.",
             ["rpc", "model"],
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
-        self.inflight = Gauge(
+        self.inflight = FastGauge(
             "digitserve_inflight_requests", "RPCs being served.", ["rpc"], registry=reg
         )
-        self.stream_items = Counter(
+        self.stream_items = FastCounter(
             "digitserve_stream_items",
             "ClassifyStream items answered, by status code.",
             ["code", "model", "version"],
             registry=reg,
         )
-        self.images = Counter(
+        self.images = FastCounter(
             "digitserve_images_classified",
             "Images classified, by model version.",
             ["model", "version"],
             registry=reg,
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = FastHistogram(
             "digitserve_batch_queue_wait_seconds",
             "Time a request's images waited in the batch queue, in seconds.",
             ["model", "version"],
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
-        self.compute = Histogram(
+        self.compute = FastHistogram(
             "digitserve_batch_compute_seconds",
             "Time of one model call on a batch, in seconds.",
             ["model", "version"],
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
-        self.batch_size = Histogram(
+        self.batch_size = FastHistogram(
             "digitserve_batch_size_images",
             "Images per model call, before padding.",
             ["model", "version"],
             buckets=BATCH_SIZE_BUCKETS,
             registry=reg,
         )
-        self.padding = Counter(
+        self.padding = FastCounter(
             "digitserve_batch_padding_images",
             "Blank images added to pad batches up to an allowed size.",
             ["model", "version"],
             registry=reg,
         )
-        self.batch_failures = Counter(
+        self.batch_failures = FastCounter(
             "digitserve_batch_failures",
             "Model calls that raised; their requests got INTERNAL.",
             ["model", "version"],
             registry=reg,
         )
-        self.queue_depth = Gauge(
+        self.queue_depth = FastGauge(
             "digitserve_queue_depth_images",
             "Images waiting in the batch queue.",
             ["model", "version"],
             registry=reg,
         )
-        self.queue_capacity = Gauge(
+        self.queue_capacity = FastGauge(
             "digitserve_queue_capacity_images",
             "Images that may wait in the batch queue before new work is rejected.",
             ["model", "version"],
             registry=reg,
         )
-        self.rejections = Counter(
+        self.rejections = FastCounter(
             "digitserve_rejections",
             "Images or requests refused, by reason "
             "(queue_full, deadline, cancelled, invalid_input).",
             ["model", "reason"],
             registry=reg,
         )
-        self.load_duration = Histogram(
+        self.load_duration = FastHistogram(
             "digitserve_model_load_duration_seconds",
             "Time to verify, load and warm up a version, in seconds.",
             ["model"],
             buckets=LOAD_BUCKETS,
             registry=reg,
         )
-        self.load_failures = Counter(
+        self.load_failures = FastCounter(
             "digitserve_model_load_failures",
             "Versions that failed to load, by reason (manifest, checksum, signature, load_error).",
             ["model", "reason"],
             registry=reg,
         )
-        self.last_load = Gauge(
+        self.last_load = FastGauge(
             "digitserve_model_last_load_success_timestamp_seconds",
             "Unix time of the last version that became AVAILABLE.",
             ["model"],
             registry=reg,
         )
-        self.predicted = Counter(
+        self.predicted = FastCounter(
             "digitserve_predictions",
             "Predicted digits, by model version and digit.",
             ["model", "version", "digit"],
             registry=reg,
         )
-        self.low_confidence = Counter(
+        self.low_confidence = FastCounter(
             "digitserve_low_confidence_predictions",
             f"Predictions whose confidence is below {self._low_confidence}.",
             ["model", "version"],
             registry=reg,
         )
-        self.confidence = BulkHistogram(
+        self.confidence = FastHistogram(
             "digitserve_prediction_confidence",
             "Confidence (top probability) of each prediction.",
             ["model", "version"],
-            CONFIDENCE_BUCKETS,
+            buckets=CONFIDENCE_BUCKETS,
+            registry=reg,
         )
-        reg.register(self.confidence)
         self._versions = _VersionCollector()
         reg.register(self._versions)
         self._prediction_children: dict[tuple[str, int], tuple[Any, ...]] = {}
@@ -450,18 +402,15 @@ class Metrics:
     def _remove_version_series(self, model: str, version: str) -> None:
         """An unloaded version's series go, so reloads do not pile them up."""
         for metric in (
+            self.confidence,
             self.queue_wait, self.compute, self.batch_size, self.padding,
             self.batch_failures, self.queue_depth, self.queue_capacity,
             self.images, self.low_confidence,
         ):  # fmt: skip
-            with contextlib.suppress(KeyError):
-                metric.remove(model, version)
+            metric.remove(model, version)
         for digit in range(10):
-            with contextlib.suppress(KeyError):
-                self.predicted.remove(model, version, str(digit))
-        with contextlib.suppress(KeyError):
-            self.stream_items.remove("OK", model, version)
-        self.confidence.remove((model, version))
+            self.predicted.remove(model, version, str(digit))
+        self.stream_items.remove("OK", model, version)
         self._prediction_children.pop((model, int(version)), None)
         if self._interceptor is not None:
             self._interceptor.forget(model, version)
@@ -491,22 +440,27 @@ class Metrics:
                 self.images.labels(model, v),
                 self.low_confidence.labels(model, v),
                 tuple(self.predicted.labels(model, v, str(d)) for d in range(10)),
-                (model, v),
+                self.confidence.labels(model, v),
             )
             self._prediction_children[key] = children
-        images, low, digits, labels = children
-        confidence = probabilities.max(axis=1)
+        images, low, digits, confidence = children
         images.inc(len(probabilities))
-        lows = int((confidence < self._low_confidence).sum())
-        if lows:
-            low.inc(lows)
-        if len(probabilities) == 1:
-            digits[int(probabilities[0].argmax())].inc()
+        if len(probabilities) == 1:  # the common case, without numpy's per-call overhead
+            row = probabilities[0].tolist()
+            top = max(row)
+            digits[row.index(top)].inc()
+            confidence.observe(top)
+            if top < self._low_confidence:
+                low.inc()
         else:
+            tops = probabilities.max(axis=1)
             for digit, count in enumerate(np.bincount(probabilities.argmax(axis=1), minlength=10)):
                 if count:
                     digits[digit].inc(int(count))
-        self.confidence.observe_many(labels, confidence)
+            confidence.observe_many(tops)
+            lows = int((tops < self._low_confidence).sum())
+            if lows:
+                low.inc(lows)
         logs.note_version(model, version)
 
     def item_failed(self, model: str, code: str) -> None:
@@ -570,8 +524,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         for key in [k for k in self._children if k[-2:] == (model, version)]:
             del self._children[key]
             if m is not None and key[0] == str(id(m.requests)):
-                with contextlib.suppress(KeyError):
-                    m.requests.remove(*key[1:])
+                m.requests.remove(*key[1:])
 
     async def intercept_service(
         self,
