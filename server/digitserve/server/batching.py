@@ -1,11 +1,16 @@
 """Dynamic request batching for one model version.
 
-Requests (arrays of 1..k images) wait in one bounded queue. Each runner is an
-asyncio task owning one worker thread: whenever it is free it takes whatever is
-queued, up to ``max_batch_size`` images, and runs one model call off the event
-loop. A lone request therefore runs at once; under load, requests pile up while
-runners are busy and the next call takes them together. Requests larger than
-the room left in a batch are split and reassembled in order.
+Requests (arrays of 1..k images) wait in one bounded queue. Each runner is a
+thread that computes one batch at a time. Batches are formed on the event loop
+the moment a runner is free: when a request arrives and a runner idles, or when
+a runner hands back its results and the queue is not empty. A lone request
+therefore runs at once; under load, requests pile up while runners are busy and
+the next batch takes them together (up to ``max_batch_size`` images). Requests
+larger than the room left in a batch are split and reassembled in order.
+
+Hand-offs are cheap on purpose: a batch goes to a runner through a SimpleQueue
+and comes back with one ``call_soon_threadsafe``, with no asyncio task or
+executor future in between.
 
 Guarantees:
 - ``submit`` never blocks: past ``max_queued_items`` waiting images it raises
@@ -25,9 +30,10 @@ import asyncio
 import collections
 import contextlib
 import logging
+import queue
+import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -136,6 +142,19 @@ class _Slice:
     queue_wait: float = field(default=0.0)
 
 
+@dataclass(eq=False)
+class _Job:
+    """One batch on its way to a runner thread and back."""
+
+    slices: list[_Slice]
+    parts: list[np.ndarray]
+    size: int
+    padded: int
+    probs: np.ndarray | None = None
+    error: Exception | None = None
+    seconds: float = 0.0
+
+
 class Batcher:
     """The queue and runners of one model version."""
 
@@ -154,12 +173,11 @@ class Batcher:
         self._observer: BatchObserver = observer or _NullObserver()
         self._queue: collections.deque[_Entry] = collections.deque()
         self._queued_rows = 0
-        self._wakeup = asyncio.Event()
-        self._full = asyncio.Event()
-        self._executor = ThreadPoolExecutor(
-            max_workers=config.threads, thread_name_prefix=f"runner-{name}"
-        )
-        self._tasks: list[asyncio.Task[None]] = []
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # runner threads waiting for a batch
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._closed = False
 
     @property
@@ -171,19 +189,23 @@ class Batcher:
         return self._queued_rows
 
     def start(self) -> None:
-        if self._tasks:
+        """Start the runner threads (on the event loop that will submit work)."""
+        if self._threads:
             return
-        self._tasks = [
-            asyncio.create_task(self._run_forever(), name=f"batcher-{self._name}-{i}")
+        self._loop = asyncio.get_running_loop()
+        self._threads = [
+            threading.Thread(target=self._run_jobs, name=f"runner-{self._name}-{i}", daemon=True)
             for i in range(self._config.threads)
         ]
+        self._idle = len(self._threads)
+        for thread in self._threads:
+            thread.start()
 
     async def warm_up(self) -> None:
         """Run the model once at every padded size, off the event loop."""
-        loop = asyncio.get_running_loop()
         for size in self._sizes:
             blank = np.zeros((size, 28, 28), dtype=np.uint8)
-            await loop.run_in_executor(self._executor, self._predict, blank, size)
+            await asyncio.to_thread(self._predict, [blank], size)
 
     async def submit(self, images: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """Classify ``images`` (uint8 [k,28,28]); returns float32 [k,10] in the same order.
@@ -224,9 +246,8 @@ class Batcher:
         self._queue.append(entry)
         self._queued_rows += count
         self._observer.queue_depth(self._queued_rows)
-        self._wakeup.set()
-        if self._queued_rows >= self._config.max_batch_size:
-            self._full.set()
+        if self._idle:
+            self._dispatch()
         return future
 
     def _withdraw(self, entry: _Entry) -> None:
@@ -242,29 +263,39 @@ class Batcher:
         entry.next_row = len(entry.images)
         self._observer.queue_depth(self._queued_rows)
 
-    async def _run_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wakeup.wait()
-            if self._config.max_delay_seconds > 0:
-                await self._wait_for_fuller_batch()
+    def _dispatch(self) -> None:
+        """Hand batches to idle runners while there is queued work (event loop only)."""
+        while self._idle and self._queued_rows and not self._closed:
+            if self._should_wait():
+                return
             slices = self._take_batch()
-            if not self._queue:
-                self._wakeup.clear()
-            if self._queued_rows < self._config.max_batch_size:
-                self._full.clear()
             if not slices:
-                continue
-            await self._run_batch(loop, slices)
+                return
+            self._idle -= 1
+            parts = [s.entry.images[s.start : s.stop] for s in slices]
+            size = sum(len(part) for part in parts)
+            padded = padded_size(size, self._sizes) if self._config.enabled else size
+            self._jobs.put(_Job(slices, parts, size, padded))
 
-    async def _wait_for_fuller_batch(self) -> None:
-        if self._queued_rows >= self._config.max_batch_size or not self._queue:
-            return
-        oldest = self._queue[0].enqueued_at
-        remaining = self._config.max_delay_seconds - (time.monotonic() - oldest)
-        if remaining > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), remaining)
+    def _should_wait(self) -> bool:
+        """With max_delay, a free runner waits (up to it) for a fuller batch."""
+        delay = self._config.max_delay_seconds
+        if delay <= 0 or self._queued_rows >= self._config.max_batch_size:
+            return False
+        oldest = next((e.enqueued_at for e in self._queue if not e.dropped), None)
+        if oldest is None:
+            return False
+        remaining = oldest + delay - time.monotonic()
+        if remaining <= 0:
+            return False
+        if self._timer is None:
+            assert self._loop is not None
+            self._timer = self._loop.call_later(remaining, self._on_timer)
+        return True
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
 
     def _take_batch(self) -> list[_Slice]:
         """Pop up to max_batch_size live rows off the queue, dropping dead entries."""
@@ -299,38 +330,25 @@ class Batcher:
         self._observer.queue_depth(self._queued_rows)
         return slices
 
-    async def _run_batch(self, loop: asyncio.AbstractEventLoop, slices: list[_Slice]) -> None:
-        if len(slices) == 1:
-            s = slices[0]
-            batch = s.entry.images[s.start : s.stop]
-        else:
-            batch = np.concatenate([s.entry.images[s.start : s.stop] for s in slices])
-        size = len(batch)
-        padded = padded_size(size, self._sizes) if self._config.enabled else size
-        started = time.perf_counter()
-        try:
-            probs = await loop.run_in_executor(self._executor, self._predict, batch, padded)
-        except asyncio.CancelledError:
-            for s in slices:
-                self._fail(s.entry, ModelUnavailable(f"model {self._name} was unloaded"))
-            raise
-        except Exception:
-            log.exception("model %s failed on a batch of %d images", self._name, size)
-            self._observer.batch_failed(size)
-            for s in slices:
-                self._fail(s.entry, BatchFailed("the model failed on this request's batch"))
-            return
-        self._observer.batch_done(
-            size, padded - size, [s.queue_wait for s in slices], time.perf_counter() - started
-        )
-        offset = 0
-        for s in slices:
-            rows = s.stop - s.start
-            self._deliver(s.entry, s.start, probs[offset : offset + rows])
-            offset += rows
+    def _run_jobs(self) -> None:
+        """A runner thread: compute batches and post each result back to the loop."""
+        loop = self._loop
+        assert loop is not None
+        while (job := self._jobs.get()) is not None:
+            started = time.perf_counter()
+            try:
+                job.probs = self._predict(job.parts, job.padded)
+            except Exception as exc:
+                job.error = exc
+            job.seconds = time.perf_counter() - started
+            try:
+                loop.call_soon_threadsafe(self._finish, job)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                return
 
-    def _predict(self, batch: np.ndarray, padded: int) -> np.ndarray:
-        """Runs in a worker thread: pad, call the model, check and trim its output."""
+    def _predict(self, parts: list[np.ndarray], padded: int) -> np.ndarray:
+        """Runs in a runner thread: join, pad, call the model, check and trim its output."""
+        batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
         size = len(batch)
         if padded > size:
             batch = np.concatenate(
@@ -343,6 +361,31 @@ class Batcher:
                 f"expected ({padded}, {NUM_CLASSES})"
             )
         return probs[:size]
+
+    def _finish(self, job: _Job) -> None:
+        """Back on the loop: hand out a batch's results, then start the next batch."""
+        self._idle += 1
+        if job.error is not None:
+            log.error(
+                "model %s failed on a batch of %d images",
+                self._name,
+                job.size,
+                exc_info=job.error,
+            )
+            self._observer.batch_failed(job.size)
+            for s in job.slices:
+                self._fail(s.entry, BatchFailed("the model failed on this request's batch"))
+        else:
+            assert job.probs is not None
+            self._observer.batch_done(
+                job.size, job.padded - job.size, [s.queue_wait for s in job.slices], job.seconds
+            )
+            offset = 0
+            for s in job.slices:
+                rows = s.stop - s.start
+                self._deliver(s.entry, s.start, job.probs[offset : offset + rows])
+                offset += rows
+        self._dispatch()
 
     def _deliver(self, entry: _Entry, start: int, probs: np.ndarray) -> None:
         entry.rows_pending -= len(probs)
@@ -366,17 +409,21 @@ class Batcher:
             entry.future.set_exception(error)
 
     async def close(self) -> None:
-        """Stop the runners; requests still queued get ModelUnavailable."""
+        """Stop the runners (after their current batch); queued requests get
+        ModelUnavailable."""
         self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
+        self._threads = []
+        # Results posted by the last batches run before anything queued after them.
+        await asyncio.sleep(0)
         while self._queue:
             entry = self._queue.popleft()
             self._drop(entry)
             if not entry.future.done():
                 entry.future.set_exception(ModelUnavailable(f"model {self._name} was unloaded"))
-        self._executor.shutdown(wait=True)
