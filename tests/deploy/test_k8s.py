@@ -402,12 +402,12 @@ def test_server_configmap_is_valid_and_sets_connection_age(
     assert settings.max_connection_age_seconds is not None
     assert settings.max_connection_age_seconds <= 600
     # These defaults come from os.cpu_count(), the node's cores in a container: they
-    # must be set, and fit in the CPU limit (TensorFlow leaving a core to the event loop).
+    # must be set, and fit in the CPU limit.
     for key in ("BATCH_THREADS", "TF_INTRA_OP_THREADS", "TF_INTER_OP_THREADS"):
         assert PREFIX + key in env
     cpu_limit = cpu_cores(server["resources"]["limits"]["cpu"])
     assert settings.batch_threads <= max(1, cpu_limit)
-    assert settings.tf_intra_op_threads <= max(1, cpu_limit - 1)
+    assert settings.tf_intra_op_threads <= max(1, cpu_limit)
     assert settings.log_format in ("text", "json")
 
 

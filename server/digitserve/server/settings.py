@@ -101,9 +101,9 @@ class ServerSettings(BaseSettings):
         description="Model runner threads per model version.",
     )
     tf_intra_op_threads: int = Field(
-        default_factory=lambda: max(1, (os.cpu_count() or 1) - 1),
+        default_factory=lambda: os.cpu_count() or 1,
         ge=1,
-        description="TensorFlow threads within one op; leave a core for the event loop.",
+        description="TensorFlow threads within one op (one model call).",
     )
     tf_inter_op_threads: int = Field(
         1, ge=1, description="TensorFlow threads running independent ops in parallel."
