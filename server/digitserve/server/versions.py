@@ -129,6 +129,8 @@ class _Model:
     versions: dict[int, ModelVersion] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)  # as applied (targets AVAILABLE)
     wanted_labels: dict[str, int] = field(default_factory=dict)  # as in labels.json
+    # Refreshed by choose_default() whenever versions or labels change.
+    default_version: ModelVersion | None = None
 
     def available(self) -> list[ModelVersion]:
         return sorted(
@@ -137,13 +139,21 @@ class _Model:
         )
 
     def default(self) -> ModelVersion | None:
+        """The version a request without version or label gets (checked on every request)."""
+        cached = self.default_version
+        if cached is not None and cached.state is State.AVAILABLE:
+            return cached
+        return self.choose_default()
+
+    def choose_default(self) -> ModelVersion | None:
+        """Work the default out again: ``stable`` if AVAILABLE, else the newest AVAILABLE."""
         stable = self.labels.get(STABLE)
-        if stable is not None:
-            v = self.versions.get(stable)
-            if v is not None and v.state is State.AVAILABLE:
-                return v
-        available = self.available()
-        return available[-1] if available else None
+        chosen = self.versions.get(stable) if stable is not None else None
+        if chosen is None or chosen.state is not State.AVAILABLE:
+            available = self.available()
+            chosen = available[-1] if available else None
+        self.default_version = chosen
+        return chosen
 
 
 @dataclass(frozen=True)
@@ -369,6 +379,7 @@ class ModelManager:
         if applied != model.labels:
             log.info("model %s labels now %s", model.name, applied or "{}")
         model.labels = applied
+        model.choose_default()
 
     async def _load(self, model: _Model, number: int, fingerprint: tuple[Any, ...]) -> None:
         path = self._repo / model.name / str(number)
