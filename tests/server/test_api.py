@@ -318,3 +318,13 @@ def test_unavailable_and_not_serving_before_any_model(tmp_path, start_server) ->
         )
         assert error.code() == grpc.StatusCode.UNAVAILABLE
         assert "no available version" in error.details()
+
+
+def test_request_id_is_echoed_with_metrics_off(trained_repo, start_server) -> None:
+    server = start_server(server_settings(trained_repo, metrics_enabled=False))
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.DigitClassifierStub(channel)
+        request = pb.ClassifyRequest(images=[pb.Image(pixels=b"\x00" * 784)])
+        _, call = stub.Classify.with_call(request, metadata=[("x-request-id", "r-7")], timeout=10)
+        assert ("x-request-id", "r-7") in call.trailing_metadata()
+    assert server.server is not None and server.server.metrics.port is None

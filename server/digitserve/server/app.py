@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from digitserve.v1 import digitserve_pb2_grpc as pb_grpc
 
-from .grpc_api import SERVICE_NAME, DigitClassifierServicer
+from .grpc_api import SERVICE_DESCRIPTOR, SERVICE_NAME, DigitClassifierServicer
 from .metrics import Metrics
 from .service import ClassifierService, Limits
 from .settings import ServerSettings
@@ -77,15 +77,12 @@ class DigitServer:
             observer=self.metrics,
         )
         self.health = HealthServicer()
-        self.grpc = grpc.aio.server(
-            options=grpc_options(settings),
-            interceptors=[self.metrics.interceptor()] if self.metrics.enabled else [],
+        self.grpc = grpc.aio.server(options=grpc_options(settings))
+        servicer = DigitClassifierServicer(
+            self.service, max_stream_in_flight=settings.max_stream_in_flight
         )
         pb_grpc.add_DigitClassifierServicer_to_server(
-            DigitClassifierServicer(
-                self.service, max_stream_in_flight=settings.max_stream_in_flight
-            ),
-            self.grpc,
+            self.metrics.tracker().instrument(servicer, SERVICE_DESCRIPTOR), self.grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(

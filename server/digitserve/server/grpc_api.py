@@ -31,7 +31,8 @@ from .versions import ModelVersion, State
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DigitClassifier"].full_name
+SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["DigitClassifier"]
+SERVICE_NAME = SERVICE_DESCRIPTOR.full_name
 MAX_STREAM_ID_BYTES = 128
 GENERIC_INTERNAL = "internal server error; the server log has the details"
 

@@ -20,7 +20,7 @@ class RequestContext:
     version: str = ""
 
 
-# Set for the length of each RPC by the server's interceptor.
+# Set for the length of each RPC by the server's request tracker (metrics.py).
 current_request: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
     "current_request", default=None
 )
