@@ -158,3 +158,25 @@ def test_invalid_settings_exit_with_a_clear_message(trained_repo) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "invalid version policy 'newest'" in result.stderr
+
+
+def test_sighup_rescans_the_repository_at_once(server_process, repo) -> None:
+    from .test_hot_reload import republish
+
+    server = server_process("--poll-seconds", "3600", repo=repo)
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.DigitClassifierStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=60)
+        assert SERVING in (next(watch).status, next(watch).status)
+        version = republish(repo)
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while True:
+            (model,) = stub.GetModelStatus(pb.GetModelStatusRequest(), timeout=5).models
+            if model.default_version == version:
+                break
+            assert time.monotonic() < deadline, "SIGHUP did not load the new version"
+            time.sleep(0.1)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.wait() == 0

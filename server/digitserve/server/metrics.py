@@ -120,6 +120,9 @@ class _VersionCollector(Collector):
 
 
 def _git_commit() -> str:
+    """The code's commit: DIGITSERVE_GIT_COMMIT (set in container images), else git."""
+    if commit := os.environ.get("DIGITSERVE_GIT_COMMIT"):
+        return commit
     root = Path(__file__).resolve().parents[3]
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run(
