@@ -34,20 +34,6 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def republish(repo: Path, model: str, source: Path) -> int:
-    manifest = repository.verify_version(source)
-    with repository.staging_dir(repo, model) as staged:
-        for item in source.iterdir():
-            if item.name == repository.MANIFEST_FILE:
-                continue
-            copy = shutil.copytree if item.is_dir() else shutil.copy2
-            copy(item, staged / item.name)
-        return repository.publish(
-            staged, repo, model,
-            inputs=manifest.inputs, outputs=manifest.outputs, metadata=manifest.metadata,
-        )  # fmt: skip
-
-
 async def run(source: Path, model: str, cycles: int) -> dict[str, float]:
     scratch = Path(tempfile.mkdtemp(prefix="reload-bench-"))
     try:
@@ -56,7 +42,7 @@ async def run(source: Path, model: str, cycles: int) -> dict[str, float]:
         marks: dict[int, int] = {}
         started = time.perf_counter()
         for cycle in range(1, cycles + 1):
-            version = republish(scratch, model, source)
+            version = repository.import_version(source, scratch, model)
             await manager.refresh()
             async with manager.lease(model) as v:
                 assert v.version == version and v.batcher is not None

@@ -176,26 +176,8 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
 
 
 def republish(repo: Path, source: int) -> int:
-    """Publish the files of version ``source`` again as the next version (as the trainer
-    would: written into a staging folder, then renamed into place)."""
-    origin = repo / MODEL / str(source)
-    manifest = repository.read_manifest(origin)
-    with repository.staging_dir(repo, MODEL) as staged:
-        for item in origin.iterdir():
-            if item.name == repository.MANIFEST_FILE:
-                continue
-            if item.is_dir():
-                shutil.copytree(item, staged / item.name)
-            else:
-                shutil.copy2(item, staged / item.name)
-        return repository.publish(
-            staged,
-            repo,
-            MODEL,
-            inputs=manifest.inputs,
-            outputs=manifest.outputs,
-            metadata=manifest.metadata,
-        )
+    """Publish the files of version ``source`` again as the next version."""
+    return repository.import_version(repo / MODEL / str(source), repo, MODEL)
 
 
 class Load:

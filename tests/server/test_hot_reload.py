@@ -20,24 +20,7 @@ from ..conftest import MODEL, server_settings
 
 def republish(repo: Path, source: int = 1, *, corrupt: bool = False) -> int:
     """Publish a copy of version ``source`` as the next version (as the trainer would)."""
-    origin = repo / MODEL / str(source)
-    manifest = repository.read_manifest(origin)
-    with repository.staging_dir(repo, MODEL) as staged:
-        for item in origin.iterdir():
-            if item.name == repository.MANIFEST_FILE:
-                continue
-            if item.is_dir():
-                shutil.copytree(item, staged / item.name)
-            else:
-                shutil.copy2(item, staged / item.name)
-        version = repository.publish(
-            staged,
-            repo,
-            MODEL,
-            inputs=manifest.inputs,
-            outputs=manifest.outputs,
-            metadata=manifest.metadata,
-        )
+    version = repository.import_version(repo / MODEL / str(source), repo, MODEL)
     if corrupt:  # damage it after publishing: the manifest no longer verifies
         (repo / MODEL / str(version) / "saved_model.pb").write_bytes(b"corrupt")
     return version

@@ -165,3 +165,18 @@ def test_model_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "VERSION" in table and "98.50%" in table and "99.00%" in table
     assert model_cli(["--model-repo", str(tmp_path), "--model", "nope", "rollback"]) == 1
     assert "no model 'nope'" in capsys.readouterr().err
+
+
+def test_import_copies_a_verified_version(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    source_repo, target_repo = tmp_path / "a", tmp_path / "b"
+    publish(source_repo, accuracy=0.991)
+    publish(target_repo)
+    base = ["--model-repo", str(target_repo), "--model", MODEL]
+    assert model_cli([*base, "import", str(source_repo / MODEL / "1")]) == 0
+    assert "published as version 2" in capsys.readouterr().out
+    copied = repository.verify_version(target_repo / MODEL / "2")
+    assert copied.metadata["test_accuracy"] == pytest.approx(0.991)
+    (source_repo / MODEL / "1" / "saved_model.pb").write_bytes(b"tampered")
+    assert model_cli([*base, "import", str(source_repo / MODEL / "1")]) == 1
+    assert "checksum mismatch" in capsys.readouterr().err
+    assert repository.list_versions(target_repo, MODEL) == [1, 2]

@@ -6,6 +6,7 @@
     digitserve-model rollback [--label stable] [--to VERSION]
     digitserve-model prune --keep N
     digitserve-model remove VERSION
+    digitserve-model import PATH            (a version folder, verified, as the next version)
 
 Changes are atomic and take effect on running servers at their next repository
 check (or at once on SIGHUP). Exit codes: 0 done, 1 refused or failed, 2 usage.
@@ -65,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
 
     remove = commands.add_parser("remove", help="delete one version (not a labelled one)")
     remove.add_argument("version", type=int)
+
+    imported = commands.add_parser(
+        "import", help="publish a copy of a version folder (it must verify) as the next version"
+    )
+    imported.add_argument("path", type=Path)
     return parser
 
 
@@ -110,6 +116,9 @@ def run(args: argparse.Namespace) -> str:
     if args.command == "remove":
         repository.remove_version(repo, model, args.version)
         return f"{model}: version {args.version} removed"
+    if args.command == "import":
+        version = repository.import_version(args.path, repo, model)
+        return f"{model}: {args.path} published as version {version}"
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -521,3 +521,28 @@ def describe(repo: Path, model: str, *, verify: bool = True) -> list[VersionInfo
             )
         )
     return out
+
+
+def import_version(source: Path, repo: Path, model: str) -> int:
+    """Publish a copy of a version folder (from this or another repository) as the next
+    version of ``model``. The source must verify against its manifest; the copy is
+    written to a staging folder and renamed into place like any publication.
+    """
+    manifest = verify_version(source)
+    with staging_dir(repo, model) as staged:
+        for item in source.iterdir():
+            if item.name == MANIFEST_FILE:
+                continue
+            if item.is_dir():
+                shutil.copytree(item, staged / item.name)
+            else:
+                shutil.copy2(item, staged / item.name)
+        return publish(
+            staged,
+            repo,
+            model,
+            inputs=manifest.inputs,
+            outputs=manifest.outputs,
+            signature_name=manifest.signature_name,
+            metadata=manifest.metadata,
+        )
