@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import itertools
 import logging
 import os
 import platform
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -489,7 +490,19 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID:
             return value
-    return os.urandom(16).hex()
+    return _new_request_id()
+
+
+def _request_ids() -> Callable[[], str]:
+    """Unique 32-hex-digit ids: a random per-process prefix and a counter. Cheaper than
+    reading 16 random bytes per request (a system call, ~6 us in a VM), and unique as
+    long as the prefix is."""
+    prefix = os.urandom(8).hex()
+    counter = itertools.count()
+    return lambda: f"{prefix}{next(counter):016x}"
+
+
+_new_request_id = _request_ids()
 
 
 def _final_code(context: grpc.aio.ServicerContext, exc: BaseException | None) -> str:
