@@ -16,12 +16,8 @@ the three addresses (as it would get them from the headless Service's DNS name):
 from __future__ import annotations
 
 import functools
-import os
-import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -36,6 +32,7 @@ from digitserve.client import DigitClient, DigitServeError, VersionState
 from digitserve.server import repository
 
 from ..conftest import MODEL
+from ..processes import ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -51,75 +48,23 @@ GRACE_SECONDS = 5.0
 START_TIMEOUT = 120.0
 PUBLISH_TIMEOUT = 30.0
 
-LISTENING = re.compile(r"listening on \S+ \(port (\d+)\)")
-METRICS = re.compile(r"metrics on http://[^\s:]+:(\d+)/metrics")
 
-
-def server_command() -> list[str]:
-    """The ``digitserve-server`` console script of this environment (as in the image)."""
-    script = Path(sys.executable).parent / "digitserve-server"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("digitserve-server")
-    assert found, "digitserve-server is not installed (pip install -e '.[server]')"
-    return [found]
-
-
-class Replica:
-    """One ``digitserve-server`` process; its ports are read from its log lines."""
+class Replica(ServerProcess):
+    """One of the replicas, sharing the model repository."""
 
     def __init__(self, repo: Path, index: int) -> None:
         self.index = index
-        self.proc = subprocess.Popen(
-            [
-                *server_command(),
-                "--host", "127.0.0.1", "--port", "0",
-                "--metrics-host", "127.0.0.1", "--metrics-port", "0",
-                "--model-repo", str(repo), "--default-model", MODEL,
-                "--poll-seconds", "0.2",
-                "--drain-delay-seconds", str(DRAIN_DELAY_SECONDS),
-                "--grace-seconds", str(GRACE_SECONDS),
-                "--batch-threads", "1", "--preprocess-threads", "1",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        super().__init__(
+            repo, MODEL,
+            "--poll-seconds", "0.2",
+            "--drain-delay-seconds", str(DRAIN_DELAY_SECONDS),
+            "--grace-seconds", str(GRACE_SECONDS),
+            "--batch-threads", "1", "--preprocess-threads", "1",
         )  # fmt: skip
-        self.lines: list[str] = []
-        self.port = 0
-        self.metrics_port = 0
-        self._ports = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            if m := METRICS.search(line):
-                self.metrics_port = int(m.group(1))
-            if m := LISTENING.search(line):
-                self.port = int(m.group(1))
-            if self.port and self.metrics_port:
-                self._ports.set()
-        self._ports.set()  # the process ended: stop waiting
-
-    def wait_ports(self, timeout: float) -> None:
-        assert self._ports.wait(timeout), f"replica {self.index} logged no ports: {self.tail}"
-        assert self.port and self.metrics_port, f"replica {self.index} died: {self.tail}"
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    @property
-    def tail(self) -> str:
-        return "".join(self.lines[-30:])
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self.target
 
     def classify_ok(self) -> float:
         """Classify calls this replica answered with OK, from its own /metrics."""
@@ -148,18 +93,6 @@ class Replica:
     def has_health(self, status: str) -> bool:
         with DigitClient(self.address, timeout=5) as client:
             return client.health() == status
-
-    def wait(self, timeout: float) -> int:
-        code = self.proc.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.wait(30)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:

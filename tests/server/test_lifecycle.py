@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import io
-import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,55 +19,10 @@ from digitserve.v1 import digitserve_pb2 as pb
 from digitserve.v1 import digitserve_pb2_grpc as pb_grpc
 
 from ..conftest import MODEL
+from ..processes import ServerProcess
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-class ServerProcess:
-    """``digitserve-server`` as a child process on a free port."""
-
-    def __init__(self, repo: Path, *extra: str) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "digitserve.server.main",
-                "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-                "--model-repo", str(repo), "--default-model", MODEL, *extra,
-            ],
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self._port = threading.Event()
-        self.port = 0
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        assert self._port.wait(60), f"server did not report its port: {self.lines}"
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            if m := re.search(r"listening on \S+ \(port (\d+)\)", line):
-                self.port = int(m.group(1))
-                self._port.set()
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def wait(self, timeout: float = 60) -> int:
-        code = self.proc.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.wait(10)
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
 
 
 @pytest.fixture
@@ -78,9 +30,9 @@ def server_process(trained_repo: Path):  # type: ignore[no-untyped-def]
     started: list[ServerProcess] = []
 
     def start(*extra: str, repo: Path = trained_repo) -> ServerProcess:
-        process = ServerProcess(repo, *extra)
+        process = ServerProcess(repo, MODEL, *extra)
         started.append(process)
-        return process
+        return process.wait_ports()
 
     yield start
     for process in started:
@@ -125,8 +77,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(server_process, mnist_
             stub.Classify(pb.ClassifyRequest(images=[pb.Image(pixels=b"\x00" * 784)]), timeout=5)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert server.wait() == 0
-    log = "".join(server.lines)
-    assert "draining" in log and "stopped" in log
+    assert "draining" in server.log and "stopped" in server.log
 
 
 def test_health_is_not_serving_until_a_model_is_warm(server_process, tmp_path, trained_repo):
